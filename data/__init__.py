@@ -1,0 +1,1 @@
+"""CS224N task data (vendored CSV files) and the input pipeline."""

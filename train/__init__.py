@@ -1,0 +1,1 @@
+"""Multi-task fine-tuning: heads, losses, PCGrad, optimizer, training loop and CLI."""
