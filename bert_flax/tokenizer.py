@@ -9,10 +9,10 @@ from typing import Sequence
 import numpy as np
 from tokenizers.implementations import BertWordPieceTokenizer
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "lower_case_setting"]
 
 
-def _lower_case_setting(checkpoint_dir: Path, vocab: Sequence[str]) -> bool:
+def lower_case_setting(checkpoint_dir: Path, vocab: Sequence[str]) -> bool:
     """Reads do_lower_case from tokenizer_config.json; without one, a vocab with no
     upper-case word pieces is taken as uncased."""
     config_path = checkpoint_dir / "tokenizer_config.json"
@@ -54,7 +54,7 @@ class Tokenizer:
         if not vocab_file.exists():
             raise FileNotFoundError(f"{vocab_file}: no vocab.txt in checkpoint directory {checkpoint_dir}")
         vocab = vocab_file.read_text(encoding="utf-8").splitlines()
-        return cls(vocab_file, _lower_case_setting(checkpoint_dir, vocab))
+        return cls(vocab_file, lower_case_setting(checkpoint_dir, vocab))
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,28 @@
+# Quick start:  make train   (set up, then run the main job)
+#               make test    (set up, then run the whole test suite)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CHECKPOINT := checkpoints/minilm-l6
+TRAIN_ARGS ?=
+
+.PHONY: setup train test convert
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(CHECKPOINT)/params: $(VENV)/.installed
+	$(PY) convert/pt_to_flax.py --out $(CHECKPOINT)
+
+convert: $(CHECKPOINT)/params
+
+train: $(CHECKPOINT)/params
+	$(PY) -m bert_flax --checkpoint $(CHECKPOINT) "A man is playing a guitar." "Someone plays an instrument." "The stock market fell sharply."
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q

@@ -1,0 +1,188 @@
+"""BERT encoder in Flax linen.
+
+One module per BERT part; submodule and parameter names mirror Hugging Face's
+PyTorch BertModel, so `encoder.layer.3.attention.self.query.weight` lives at
+`encoder/layer_3/attention/self/query/kernel` (transposed).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .config import BertConfig
+
+__all__ = ["BertModel"]
+
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        kernel_init=nn.initializers.normal(0.02),
+        name=name,
+    )
+
+
+def _layer_norm(config: BertConfig, dtype, name: str) -> nn.LayerNorm:
+    # use_fast_variance=False: E[(x - mean)^2] as PyTorch computes it, not E[x^2] - mean^2.
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token type embeddings, then LayerNorm and dropout."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        cfg = self.config
+        init = nn.initializers.normal(0.02)
+        words = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, name="word_embeddings")(input_ids)
+        positions = nn.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init, name="position_embeddings"
+        )(position_ids)
+        types = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init, name="token_type_embeddings")(
+            token_type_ids
+        )
+        hidden = _layer_norm(cfg, self.dtype, "LayerNorm")(words + positions + types)
+        return nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention with an additive padding mask."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, attention_bias, deterministic: bool):
+        cfg = self.config
+        heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // heads
+
+        def split_heads(x):
+            return x.reshape(x.shape[:-1] + (heads, head_dim))
+
+        query = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "query")(hidden))
+        key = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "key")(hidden))
+        value = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "value")(hidden))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+        # Softmax in float32 even when computing in bfloat16.
+        probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1).astype(self.dtype)
+        if not deterministic and cfg.attention_probs_dropout_prob > 0:
+            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
+
+
+class BertOutput(nn.Module):
+    """Projection back to the hidden size, dropout, residual and LayerNorm (after attention and after the feed-forward)."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, context, residual, deterministic: bool):
+        hidden = _dense(self.config.hidden_size, self.config, self.dtype, "dense")(context)
+        hidden = nn.Dropout(self.config.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        return _layer_norm(self.config, self.dtype, "LayerNorm")(hidden + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention block: `self` (query/key/value) and `output`."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, attention_bias, deterministic: bool):
+        context = BertSelfAttention(self.config, self.dtype, name="self")(hidden, attention_bias, deterministic)
+        return BertOutput(self.config, self.dtype, name="output")(context, hidden, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    """Feed-forward expansion with the configured activation (GELU)."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        hidden = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
+        return _ACTIVATIONS[self.config.hidden_act](hidden)
+
+
+class BertLayer(nn.Module):
+    """One post-LayerNorm transformer layer."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, attention_bias, deterministic: bool):
+        hidden = BertAttention(self.config, self.dtype, name="attention")(hidden, attention_bias, deterministic)
+        expanded = BertIntermediate(self.config, self.dtype, name="intermediate")(hidden)
+        return BertOutput(self.config, self.dtype, name="output")(expanded, hidden, deterministic)
+
+
+class BertPooler(nn.Module):
+    """Dense + tanh on the [CLS] position."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(hidden[:, 0]))
+
+
+class BertEncoder(nn.Module):
+    """The stack of transformer layers, named layer_0 ... layer_{N-1}."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, attention_bias, deterministic: bool):
+        for i in range(self.config.num_hidden_layers):
+            hidden = BertLayer(self.config, self.dtype, name=f"layer_{i}")(hidden, attention_bias, deterministic)
+        return hidden
+
+
+class BertModel(nn.Module):
+    """BERT: embeddings, encoder and pooler.
+
+    `dtype` is the computation dtype (e.g. jnp.bfloat16 on GPUs); parameters stay float32.
+    Returns a dict with `last_hidden_state` (batch, length, hidden) and `pooler_output`
+    (batch, hidden). Dropout is active only with `deterministic=False` and a "dropout" rng.
+    """
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic=True):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        hidden = BertEmbeddings(self.config, self.dtype, name="embeddings")(
+            input_ids, token_type_ids, position_ids, deterministic
+        )
+        # (batch, 1, 1, key): 0 where attended, a large negative number at padding.
+        attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        hidden = BertEncoder(self.config, self.dtype, name="encoder")(hidden, attention_bias, deterministic)
+        pooled = BertPooler(self.config, self.dtype, name="pooler")(hidden)
+        return {"last_hidden_state": hidden, "pooler_output": pooled}

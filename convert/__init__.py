@@ -1,0 +1,1 @@
+"""Checkpoint import and export between PyTorch BERT state dicts and Flax parameter trees."""

@@ -1,0 +1,30 @@
+"""Test helpers: real sentences from the task data, and the PyTorch reference forward pass."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "data" / "cs224n"
+
+
+def task_sentences(count: int, seed: int = 0) -> list[str]:
+    """A seeded sample of real sentences from the SST, Quora and STS training files."""
+    sentences = []
+    for name, columns in (("ids-sst-train.csv", ("sentence",)), ("quora-train.csv", ("sentence1", "sentence2")),
+                          ("sts-train.csv", ("sentence1", "sentence2"))):
+        with open(DATA_DIR / name, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                sentences.extend(row[c] for c in columns if row.get(c))
+    rng = np.random.default_rng(seed)
+    return [sentences[i] for i in rng.choice(len(sentences), count, replace=False)]
+
+
+def torch_forward(torch_model, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    """last_hidden_state and pooler_output of a transformers BertModel on a padded numpy batch."""
+    import torch
+
+    with torch.no_grad():
+        out = torch_model(**{k: torch.from_numpy(np.asarray(v)).long() for k, v in batch.items()})
+    return out.last_hidden_state.numpy(), out.pooler_output.numpy()

@@ -1,0 +1,121 @@
+"""Flax BertModel against the PyTorch reference (transformers' BertModel) on the same weights."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bert_flax import BertModel, Tokenizer, from_pretrained
+from convert.pt_to_flax import convert_checkpoint
+from tests.helpers import task_sentences, torch_forward
+
+TOLERANCE = 1e-5  # max |difference|, float32
+
+
+def flax_forward(model: BertModel, params, batch: dict):
+    out = jax.jit(model.apply)({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return np.asarray(out["last_hidden_state"]), np.asarray(out["pooler_output"])
+
+
+def max_differences(flax_dir, torch_model, batch):
+    """Max |difference| on unmasked positions of last_hidden_state, and on pooler_output."""
+    model, params = from_pretrained(flax_dir)
+    hidden, pooled = flax_forward(model, params, batch)
+    ref_hidden, ref_pooled = torch_forward(torch_model, batch)
+    mask = batch["attention_mask"].astype(bool)
+    return np.abs(hidden[mask] - ref_hidden[mask]).max(), np.abs(pooled - ref_pooled).max()
+
+
+def real_batch(tokenizer: Tokenizer, pairs: bool = False) -> dict:
+    """Real task sentences of different lengths, padded to the longest (pairs: token types 0 and 1)."""
+    sentences = task_sentences(16, seed=1)
+    if pairs:
+        return tokenizer(sentences[:8], sentences[8:], max_length=128)
+    return tokenizer(sentences, max_length=128)
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_minilm_matches_pytorch(minilm_torch_dir, minilm_flax_dir, pairs):
+    torch_model = transformers.BertModel.from_pretrained(minilm_torch_dir).eval()
+    batch = real_batch(Tokenizer.from_pretrained(minilm_flax_dir), pairs)
+    assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
+    hidden_diff, pooled_diff = max_differences(minilm_flax_dir, torch_model, batch)
+    print(f"MiniLM {'pairs' if pairs else 'single'}: hidden {hidden_diff:.2e}, pooler {pooled_diff:.2e}")
+    assert hidden_diff <= TOLERANCE and pooled_diff <= TOLERANCE
+
+
+def randomized_torch_bert(config: transformers.BertConfig, seed: int) -> transformers.BertModel:
+    """A BertModel whose every tensor (LayerNorm and biases included) is random, so a mis-mapped name shows."""
+    torch.manual_seed(seed)
+    model = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.endswith("LayerNorm.weight"):
+                tensor.copy_(1.0 + 0.1 * torch.randn_like(tensor))
+            else:
+                tensor.copy_(0.02 * torch.randn_like(tensor))
+    return model
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),  # bert-base
+        dict(hidden_size=1024, num_hidden_layers=2, num_attention_heads=16, intermediate_size=4096),  # bert-large layer
+    ],
+    ids=["bert-base", "bert-large-layer"],
+)
+def test_random_weights_at_bert_shapes(minilm_torch_dir, tmp_path, shape):
+    config = transformers.BertConfig(vocab_size=30522, **shape)
+    torch_model = randomized_torch_bert(config, seed=0)
+    torch_model.save_pretrained(tmp_path / "torch")
+    (tmp_path / "torch" / "vocab.txt").write_bytes((minilm_torch_dir / "vocab.txt").read_bytes())
+    summary = convert_checkpoint(tmp_path / "torch", tmp_path / "flax")
+    assert summary.parameters == sum(p.numel() for p in torch_model.parameters())
+    batch = real_batch(Tokenizer.from_pretrained(tmp_path / "flax"), pairs=True)
+    hidden_diff, pooled_diff = max_differences(tmp_path / "flax", torch_model, batch)
+    print(f"{shape}: hidden {hidden_diff:.2e}, pooler {pooled_diff:.2e}")
+    assert hidden_diff <= TOLERANCE and pooled_diff <= TOLERANCE
+
+
+def test_mean_pooled_embeddings_match_sentence_transformers(minilm_torch_dir, minilm_flax_dir):
+    from sentence_transformers import SentenceTransformer
+
+    sentences = task_sentences(24, seed=2)
+    reference = SentenceTransformer(str(minilm_torch_dir), device="cpu").encode(sentences, convert_to_numpy=True)
+    model, params = from_pretrained(minilm_flax_dir)
+    batch = Tokenizer.from_pretrained(minilm_flax_dir)(sentences, max_length=256)
+    hidden, _ = flax_forward(model, params, batch)
+    mask = batch["attention_mask"][..., None].astype(np.float32)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    ours = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    cosines = (ours * reference).sum(1)
+    print(f"min cosine {cosines.min():.8f}")
+    assert cosines.min() >= 0.99999
+
+
+def test_dropout_is_off_by_default_and_on_when_asked(minilm_flax_dir):
+    model, params = from_pretrained(minilm_flax_dir)
+    batch = Tokenizer.from_pretrained(minilm_flax_dir)(["dropout changes this sentence's states"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    first = model.apply({"params": params}, *args)["last_hidden_state"]
+    again = model.apply({"params": params}, *args)["last_hidden_state"]
+    dropped = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(np.asarray(dropped["last_hidden_state"]) - np.asarray(first)).max() > 1e-2
+
+
+def test_bfloat16_compute_keeps_float32_params(minilm_flax_dir):
+    import jax.numpy as jnp
+
+    model, params = from_pretrained(minilm_flax_dir, dtype=jnp.bfloat16)
+    batch = Tokenizer.from_pretrained(minilm_flax_dir)(task_sentences(4, seed=3))
+    hidden, _ = flax_forward(model, params, batch)
+    reference, _ = flax_forward(from_pretrained(minilm_flax_dir)[0], params, batch)
+    mask = batch["attention_mask"].astype(bool)
+    assert hidden.dtype == jnp.bfloat16
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(params))
+    # bfloat16 has an 8-bit mantissa: states agree to a few percent of their scale, not bit for bit.
+    assert np.abs(hidden.astype(np.float32)[mask] - reference[mask]).max() < 0.1 * np.abs(reference).max()

@@ -1,0 +1,36 @@
+"""Tokenizer against transformers' BertTokenizerFast on real task sentences."""
+
+import numpy as np
+from transformers import BertTokenizerFast
+
+from bert_flax import Tokenizer
+from tests.helpers import task_sentences
+
+
+def test_ids_match_bert_tokenizer_fast(minilm_torch_dir):
+    ours = Tokenizer.from_pretrained(minilm_torch_dir)
+    reference = BertTokenizerFast.from_pretrained(minilm_torch_dir)
+    sentences = task_sentences(600, seed=4)
+    for max_length in (16, 128):
+        ids, types = ours.encode(sentences, max_length=max_length)
+        expected = reference(sentences, truncation=True, max_length=max_length)
+        assert [x.tolist() for x in ids] == expected["input_ids"]
+        pair_ids, pair_types = ours.encode(sentences[:300], sentences[300:], max_length=max_length)
+        expected = reference(sentences[:300], sentences[300:], truncation=True, max_length=max_length)
+        assert [x.tolist() for x in pair_ids] == expected["input_ids"]
+        assert [x.tolist() for x in pair_types] == expected["token_type_ids"]
+
+
+def test_lower_casing_follows_the_checkpoint(minilm_torch_dir, tmp_path):
+    assert Tokenizer.from_pretrained(minilm_torch_dir).lowercase
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nHello\nhello\n")
+    cased = Tokenizer.from_pretrained(tmp_path)
+    assert not cased.lowercase
+    assert cased(["Hello hello"])["input_ids"].tolist() == [[2, 4, 5, 3]]
+
+
+def test_padded_batch_masks_and_types(minilm_torch_dir):
+    batch = Tokenizer.from_pretrained(minilm_torch_dir)(["a b c d", "a"], ["e", "f g"])
+    assert batch["input_ids"].dtype == np.int32
+    np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(batch["token_type_ids"], [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 0, 0]])
