@@ -9,7 +9,6 @@ be used at all raises `DataError`.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import warnings
@@ -129,11 +128,35 @@ def _parse_label(text: str, family: TaskFamily) -> float:
 
 
 def _split_line(line: str) -> list[str]:
-    try:
-        return next(csv.reader([line], delimiter="\t", quotechar='"', doublequote=True, strict=True))
-    except csv.Error as e:
-        reason = "unbalanced quotes" if "unexpected end of data" in str(e) else f"bad quoting ({e})"
-        raise _BadRow(reason) from None
+    """Fields of one line: tab-separated; a field starting with a quote runs to the
+    matching quote, with doubled quotes inside standing for one."""
+    fields, i = [], 0
+    while True:
+        if not line.startswith('"', i):
+            end = line.find("\t", i)
+            if end < 0:
+                fields.append(line[i:])
+                return fields
+            fields.append(line[i:end])
+            i = end + 1
+            continue
+        parts, start = [], i + 1
+        while True:
+            quote = line.find('"', start)
+            if quote < 0:
+                raise _BadRow(f"unbalanced quotes in field {len(fields) + 1}")
+            parts.append(line[start:quote])
+            if not line.startswith('"', quote + 1):
+                break
+            parts.append('"')
+            start = quote + 2
+        fields.append("".join(parts))
+        i = quote + 1
+        if i == len(line):
+            return fields
+        if line[i] != "\t":
+            raise _BadRow(f"text after the closing quote of field {len(fields)}")
+        i += 1
 
 
 def _read_text(path: Path) -> str:
@@ -150,13 +173,13 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: line {line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") from None
 
 
-def read_rows(path: str | Path, family: TaskFamily | str, *, require_labels: bool = False) -> Rows:
+def read_rows(path: str | Path, family: TaskFamily | str, *, labeled: bool | None = None) -> Rows:
     """Reads a task file, skipping malformed rows with one `MalformedRowWarning` each.
 
-    The header decides whether the file has labels (test files have none); with
-    `require_labels` a header without the label column is an error. Raises
-    `DataError` for a missing, unreadable, empty or non-UTF-8 file, a wrong header,
-    or a file with no good row.
+    `labeled=None` takes the header with or without the label column (test files
+    have none); True or False demands one of the two. Raises `DataError` for a
+    missing, unreadable, empty or non-UTF-8 file, a wrong header, or a file with no
+    good row.
     """
     path = Path(path)
     family = FAMILIES[family] if isinstance(family, str) else family
@@ -164,20 +187,21 @@ def read_rows(path: str | Path, family: TaskFamily | str, *, require_labels: boo
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}: empty file (no header)")
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    if not lines[0].strip():
+        raise DataError(f"{path}: line 1: blank header line")
 
     try:
         header = _split_line(lines[0])
     except _BadRow as e:
         raise DataError(f"{path}: line 1: unreadable header: {e}") from None
-    if header == family.header(True):
-        labeled = True
-    elif header == family.header(False) and not require_labels:
-        labeled = False
-    else:
-        expected = " | ".join(family.header(True))
-        raise DataError(f"{path}: line 1: header {' | '.join(header)!r} is not {expected!r} for {family.name}")
+    accepted = (True, False) if labeled is None else (labeled,)
+    matches = [x for x in accepted if header == family.header(x)]
+    if not matches:
+        expected = " or ".join(repr("|".join(family.header(x))) for x in accepted)
+        raise DataError(f"{path}: line 1: header {'|'.join(header)!r} is not {expected} ({family.name})")
+    labeled = matches[0]
 
     n_fields = len(family.header(labeled))
     n_texts = len(family.text_columns)
@@ -188,6 +212,8 @@ def read_rows(path: str | Path, family: TaskFamily | str, *, require_labels: boo
     for line_no, line in enumerate(lines[1:], start=2):
         row_id = None
         try:
+            if not line.strip():
+                raise _BadRow("blank line")
             fields = _split_line(line)
             if len(fields) >= 2:
                 row_id = fields[1].strip() or None
@@ -222,7 +248,3 @@ def read_rows(path: str | Path, family: TaskFamily | str, *, require_labels: boo
         raise DataError(f"{path}: no rows to load ({total} data line(s), {skipped} malformed)")
     return Rows(ids, texts, np.asarray(labels, dtype=family.label_dtype) if labeled else None)
 
-
-# Pandas-style quoting allows a record of any length on one line; the csv module's
-# default limit (128 KiB per field) would reject long but valid rows.
-csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
