@@ -25,6 +25,20 @@ def lower_case_setting(checkpoint_dir: Path, vocab: Sequence[str]) -> bool:
     )
 
 
+def _truncated_lengths(n_a: int, n_b: int, budget: int, is_pair: bool) -> tuple[int, int]:
+    """Kept lengths of the two texts under `budget` tokens: the `tokenizers` library's longest-first rule
+    (the longer text is cut first; when both must be cut, the shorter keeps budget // 2)."""
+    if not is_pair:
+        return min(n_a, budget), 0
+    if n_a + n_b <= budget:
+        return n_a, n_b
+    short, long_ = sorted((n_a, n_b))
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short, long_ = budget // 2, budget // 2 + budget % 2
+    return (short, long_) if n_a <= n_b else (long_, short)
+
+
 class Tokenizer:
     """BERT WordPiece tokenizer for single sentences and sentence pairs.
 
@@ -42,6 +56,8 @@ class Tokenizer:
             clean_text=True,
             handle_chinese_chars=True,
         )
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         self.pad_id = self._tokenizer.token_to_id("[PAD]")
         self.cls_id = self._tokenizer.token_to_id("[CLS]")
         self.sep_id = self._tokenizer.token_to_id("[SEP]")
@@ -70,19 +86,33 @@ class Tokenizer:
         """Tokenizes a batch into unpadded (input_ids, token_type_ids) arrays per example.
 
         With `text_pairs`, each example is `[CLS] a [SEP] b [SEP]`; truncation to
-        `max_length` removes tokens from the longer sentence first, as BERT does.
+        `max_length` follows the `tokenizers` library's longest-first rule.
         """
-        self._tokenizer.enable_truncation(max_length, strategy="longest_first")
-        self._tokenizer.no_padding()
+        special = 2 if text_pairs is None else 3
+        if max_length < special + 1:
+            raise ValueError(f"max_length {max_length} leaves no room for tokens")
+        first = self._word_pieces(texts)
         if text_pairs is None:
-            encodings = self._tokenizer.encode_batch(list(texts))
+            second = [np.zeros(0, np.int32)] * len(first)
+        elif len(text_pairs) != len(texts):
+            raise ValueError(f"{len(texts)} sentences but {len(text_pairs)} pair sentences")
         else:
-            if len(text_pairs) != len(texts):
-                raise ValueError(f"{len(texts)} sentences but {len(text_pairs)} pair sentences")
-            encodings = self._tokenizer.encode_batch(list(zip(texts, text_pairs)))
-        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-        type_ids = [np.asarray(e.type_ids, dtype=np.int32) for e in encodings]
+            second = self._word_pieces(text_pairs)
+        ids, type_ids = [], []
+        for a, b in zip(first, second):
+            n_a, n_b = _truncated_lengths(len(a), len(b), max_length - special, text_pairs is not None)
+            pieces = [[self.cls_id], a[:n_a], [self.sep_id]]
+            if text_pairs is not None:
+                pieces += [b[:n_b], [self.sep_id]]
+            ids.append(np.concatenate(pieces).astype(np.int32))
+            type_ids.append(np.repeat(np.array([0, 1], np.int32), [n_a + 2, len(ids[-1]) - n_a - 2]))
         return ids, type_ids
+
+    def _word_pieces(self, texts: Sequence[str]) -> list[np.ndarray]:
+        # Untruncated and without special tokens: the library's own pair truncation keeps every
+        # overflow window of both texts, which takes memory quadratic in their length.
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
     def pad(self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray], length: int | None = None):
         """Pads encoded examples to `length` (default: the longest) into a batch dict of int32 arrays."""

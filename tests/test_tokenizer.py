@@ -11,7 +11,7 @@ def test_ids_match_bert_tokenizer_fast(minilm_torch_dir):
     ours = Tokenizer.from_pretrained(minilm_torch_dir)
     reference = BertTokenizerFast.from_pretrained(minilm_torch_dir)
     sentences = task_sentences(600, seed=4)
-    for max_length in (16, 128):
+    for max_length in (9, 16, 17, 128):
         ids, types = ours.encode(sentences, max_length=max_length)
         expected = reference(sentences, truncation=True, max_length=max_length)
         assert [x.tolist() for x in ids] == expected["input_ids"]
@@ -34,3 +34,11 @@ def test_padded_batch_masks_and_types(minilm_torch_dir):
     assert batch["input_ids"].dtype == np.int32
     np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0]])
     np.testing.assert_array_equal(batch["token_type_ids"], [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 0, 0]])
+
+
+def test_long_pairs_truncate_longest_first(minilm_torch_dir):
+    # Through the tokenizers library's own pair truncation this pair took ~35 s and ~10 GB.
+    long_text = " ".join(["word"] * 4000)
+    ids, types = Tokenizer.from_pretrained(minilm_torch_dir).encode([long_text], [long_text + " more"], max_length=8)
+    assert ids[0].tolist() == [101, 2773, 2773, 102, 2773, 2773, 2773, 102]
+    assert types[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
