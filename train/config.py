@@ -1,0 +1,148 @@
+"""Training configuration: one dataclass holding every setting, presets, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+__all__ = ["TrainConfig", "PRESETS", "TASKS", "ConfigError", "parse_args"]
+
+# Task name on the command line -> data family (data/tasks.py).
+TASKS = {"sst": "sst", "para": "quora", "sts": "sts", "cfimdb": "cfimdb"}
+
+
+class ConfigError(ValueError):
+    """Settings that contradict each other or name something that does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (saved as the run's config.json)."""
+
+    tasks: tuple[str, ...] = ("sst", "para", "sts")
+    option: str = "finetune"  # finetune | pretrain (encoder frozen, heads only)
+    pooling: str = "cls"  # cls (pooler output) | mean | max
+    pair_encoding: str = "bi"  # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence
+    para_cos_feature: bool = False
+    sts_head: str = "linear"  # linear | cosine
+    sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
+    shared_layer: bool = False
+    pcgrad: bool = False
+    dropout: float = 0.3
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    decay_mask: str = "all"  # all | no-layernorm-bias
+    epochs: int = 10
+    batch_size: int = 32  # per task
+    samples_per_task: int = 10_000
+    sampling: str = "resample"  # resample | min | proportional | annealed
+    max_length: int = 128
+    seed: int = 11711
+    init_checkpoint: str = "checkpoints/minilm-l6"
+    data_dir: str = "data/cs224n"
+    eval_batch_size: int = 128
+    save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    preset: str | None = None
+
+    def __post_init__(self):
+        choices = {
+            "option": ("finetune", "pretrain"),
+            "pooling": ("cls", "mean", "max"),
+            "pair_encoding": ("bi", "cross"),
+            "sts_head": ("linear", "cosine"),
+            "sts_target": ("binary", "scaled"),
+            "sampling": ("resample", "min", "proportional", "annealed"),
+            "decay_mask": ("all", "no-layernorm-bias"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose from {', '.join(allowed)}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ConfigError(f"--tasks {','.join(self.tasks)}: choose a subset of {', '.join(TASKS)}")
+        if self.pair_encoding == "cross" and (self.sts_head == "cosine" or self.para_cos_feature):
+            raise ConfigError("--pair-encoding cross has no sentence embeddings: it excludes --sts-head cosine and --para-cos-feature")
+        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout {self.dropout}: must be in [0, 1)")
+
+    def to_json(self, path: str | Path) -> None:
+        """Writes the config as JSON."""
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        """Reads a config written by `to_json`."""
+        values = json.loads(Path(path).read_text())
+        values["tasks"] = tuple(values["tasks"])
+        return cls(**values)
+
+
+# The six rows of the reference report (BERT-base, dev), as settings.
+PRESETS: dict[str, dict] = {
+    "baseline-6041": dict(samples_per_task=6041),
+    "baseline-10000": dict(samples_per_task=10_000),
+    "shared-pcgrad": dict(shared_layer=True, pcgrad=True),
+    "cosine-pcgrad": dict(sts_head="cosine", pcgrad=True),
+    "cosine-pcgrad-mean": dict(sts_head="cosine", pcgrad=True, pooling="mean"),
+    "cosfeat-pcgrad-mean": dict(sts_head="cosine", para_cos_feature=True, pcgrad=True, pooling="mean"),
+}
+
+
+def _bool_flag(parser, name, help_text):
+    parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m train.main` argument parser; every option defaults to None (= config default)."""
+    p = argparse.ArgumentParser(
+        prog="python -m train.main",
+        description="Multi-task fine-tuning of a Flax BERT on SST-5, Quora and STS.",
+    )
+    p.add_argument("--preset", help=f"a reference-report row: {', '.join(PRESETS)}; later flags override it")
+    p.add_argument("--tasks", help="comma-separated subset of " + ",".join(TASKS))
+    p.add_argument("--option", help="finetune (default) or pretrain (encoder frozen, heads only)")
+    p.add_argument("--pooling", help="cls (default), mean or max")
+    p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings) or cross (one pair sequence)")
+    _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")
+    p.add_argument("--sts-head", help="linear (default) or cosine")
+    p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")
+    _bool_flag(p, "shared-layer", "one dense layer shared by the paraphrase and STS heads")
+    _bool_flag(p, "pcgrad", "combine task gradients with PCGrad instead of summing them")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="examples per task per step")
+    p.add_argument("--samples-per-task", type=int)
+    p.add_argument("--sampling", help="resample (default), min, proportional or annealed")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--init-checkpoint", help="converted checkpoint directory (default: checkpoints/minilm-l6)")
+    p.add_argument("--data-dir")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--save-every-steps", type=int)
+    p.add_argument("--run-dir", help="default: runs/<time>-<preset or custom>")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
+    return p
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Parses the command line into a TrainConfig (preset, then explicit flags) and the raw namespace."""
+    args = build_parser().parse_args(argv)
+    values: dict = {}
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise ConfigError(f"--preset {args.preset!r} does not exist: choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[args.preset], preset=args.preset)
+    field_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, value in vars(args).items():
+        if name in field_names and name != "preset" and value is not None:
+            values[name] = tuple(t.strip() for t in value.split(",") if t.strip()) if name == "tasks" else value
+    return TrainConfig(**values), args

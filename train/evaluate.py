@@ -1,0 +1,95 @@
+"""Dev metrics, prediction files, and `python -m train.evaluate --checkpoint RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+from scipy.stats import pearsonr
+
+from .config import TrainConfig
+from .losses import predictions
+from .model import MultitaskBert
+
+__all__ = ["make_predict_fns", "predict_split", "task_metric", "overall_score", "write_predictions"]
+
+# Column header of each task's prediction file, as the CS224N scripts write them.
+PREDICTION_HEADERS = {
+    "sst": "Predicted_Sentiment",
+    "para": "Predicted_Is_Paraphrase",
+    "sts": "Predicted_Similarity",
+    "cfimdb": "Predicted_Sentiment",
+}
+
+
+def make_predict_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
+    """Per task: jitted (params, batch) -> predictions on the reporting scale."""
+
+    def predict(params, batch, task):
+        return predictions(model.apply({"params": params}, batch, task), task, config)
+
+    return {task: jax.jit(lambda p, b, task=task: predict(p, b, task)) for task in config.tasks}
+
+
+def predict_split(predict_fn: Callable, params, batches: Iterable[dict], size: int) -> np.ndarray:
+    """Runs `predict_fn` over eval batches and returns predictions in file order."""
+    out = None
+    for batch in batches:
+        index = np.asarray(batch["index"])
+        values = np.asarray(predict_fn(params, {k: v for k, v in batch.items() if k != "index"}))
+        if out is None:
+            out = np.zeros(size, values.dtype)
+        real = index >= 0
+        out[index[real]] = values[real]
+    return out
+
+
+def task_metric(task: str, preds: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy for classification tasks, Pearson correlation for STS."""
+    if task == "sts":
+        return float(pearsonr(preds, labels).statistic)
+    return float(np.mean(preds == labels))
+
+
+def overall_score(metrics: dict[str, float]) -> float | None:
+    """(sst_acc + para_acc + (sts_pearson + 1) / 2) / 3 when all three tasks are scored, else the mean of
+    what is there (with STS mapped to 0-1 the same way)."""
+    parts = [(metrics[t] + 1) / 2 if t == "sts" else metrics[t] for t in ("sst", "para", "sts", "cfimdb") if t in metrics]
+    return float(np.mean(parts)) if parts else None
+
+
+def write_predictions(path: Path, task: str, ids, preds: np.ndarray) -> None:
+    """Writes a CS224N prediction file: a header line, then `id , prediction` per example."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    formatted = (f"{p:.4f}" if task == "sts" else str(int(p)) for p in preds)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"id \t {PREDICTION_HEADERS[task]} \n")
+        for example_id, p in zip(ids, formatted):
+            f.write(f"{example_id} , {p} \n")
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    """Re-scores dev with a run's best checkpoint and rewrites its predictions."""
+    from .loop import RunError, evaluate_run
+
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=main.__doc__)
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a training run directory")
+    parser.add_argument("--splits", default="dev,test", help="comma-separated splits to predict (default: dev,test)")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_run(Path(args.checkpoint), tuple(args.splits.split(",")))
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The training loop: set-up, epochs of multi-task steps, evaluation, checkpoints and outputs.
+
+Run directory layout:
+    config.json         every setting of the run
+    metrics.jsonl       one line per epoch: losses, dev metrics, PCGrad statistics, speed
+    checkpoints/latest  orbax: TrainState (params, optimizer state, step) + data position
+    checkpoints/best    orbax: parameters of the best epoch by overall dev score
+    best_encoder/       the best encoder as a converted checkpoint directory (convert/flax_to_pt.py reads it)
+    predictions/        {sst,para,sts}-{dev,test}-output.csv of the best epoch
+    curves.png          losses and dev metrics per epoch
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from bert_flax import CheckpointError, Tokenizer, from_pretrained, save_pretrained
+from data import input_pipeline
+from data.tasks import DataError
+
+from .config import TASKS, TrainConfig
+from .evaluate import make_predict_fns, overall_score, predict_split, task_metric, write_predictions
+from .model import MultitaskBert
+from .step import TrainState, init_state, make_grad_fns, make_optimizer, make_update
+
+__all__ = ["RunError", "train", "evaluate_run", "load_run"]
+
+DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue, with a message for the user."""
+
+
+def enable_compilation_cache(directory: Path = Path(".cache/jax")) -> None:
+    """Keeps compiled XLA programs on disk: a later run (or test) with the same shapes skips compilation."""
+    jax.config.update("jax_compilation_cache_dir", str(directory.resolve()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def ensure_init_checkpoint(path: str) -> Path:
+    """The encoder checkpoint directory; the default one is converted from the packaged model on first use."""
+    path = Path(path)
+    if not (path / "params").is_dir() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
+        from convert.pt_to_flax import convert_checkpoint
+
+        print(convert_checkpoint(out_dir=path))
+    return path
+
+
+class Run:
+    """What a run needs in hand: config, model, tokenized task data, the device mesh."""
+
+    def __init__(self, config: TrainConfig, encoder_dir: Path, mesh: Mesh | None = None):
+        self.config = config
+        self.mesh = mesh or input_pipeline.data_mesh()
+        if config.batch_size % self.mesh.size or config.eval_batch_size % self.mesh.size:
+            raise RunError(
+                f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} "
+                f"must divide by the device count {self.mesh.size}"
+            )
+        try:
+            bert, self.encoder_params = from_pretrained(encoder_dir)
+            self.tokenizer = Tokenizer.from_pretrained(encoder_dir)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise RunError(str(err)) from None
+        self.bert_config = bert.config
+        self.encoder_dir = encoder_dir
+        self.model = MultitaskBert(bert.config, config)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    @functools.cached_property
+    def data(self) -> dict[str, input_pipeline.TaskData]:
+        """Per task, its tokenized splits (prepared and cached on first use)."""
+        cfg = self.config
+        try:
+            return {
+                task: input_pipeline.TaskData(
+                    TASKS[task],
+                    mode=cfg.pair_encoding if task in ("para", "sts") else "single",
+                    batch_size=cfg.batch_size,
+                    max_length=cfg.max_length,
+                    tokenizer=self.tokenizer,
+                    source_dir=cfg.data_dir,
+                )
+                for task in cfg.tasks
+            }
+        except DataError as err:
+            raise RunError(str(err)) from None
+
+    def stream(self) -> input_pipeline.MultiTaskStream:
+        """The multi-task training stream (deterministic given the seed and epoch)."""
+        cfg = self.config
+        return input_pipeline.MultiTaskStream(
+            [self.data[t] for t in cfg.tasks],
+            strategy=cfg.sampling,
+            num_examples=cfg.samples_per_task,
+            num_epochs=cfg.epochs,
+            seed=cfg.seed,
+        )
+
+    def train_steps(self, epoch: int, start_step: int = 0):
+        """The epoch's steps from `start_step`, on the devices, as {task: batch}."""
+        families = {TASKS[t]: t for t in self.config.tasks}
+        steps = self.stream().epoch(epoch, start_step)
+        for batches in input_pipeline.prefetch_to_device(steps, self.mesh):
+            yield {families[name]: batch for name, batch in batches.items()}
+
+    def init_params(self):
+        """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
+        families = {TASKS[t]: t for t in self.config.tasks}
+        examples = {families[n]: b for n, b in next(self.stream().epoch(0)).items()}
+        params = self.model.init(jax.random.key(self.config.seed), examples, method=MultitaskBert.all_tasks)["params"]
+        params = {**params, "bert": self.encoder_params}
+        return jax.device_put(params, self.replicated)
+
+    def evaluate(self, params, predict_fns, split: str, out_dir: Path | None = None) -> dict[str, float]:
+        """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
+        metrics = {}
+        for task in self.config.tasks:
+            data = self.data[task]
+            encoded = data.split(split)
+            batches = (
+                input_pipeline.shard_batch(b, self.mesh)
+                for b in data.eval_batches(split, self.config.eval_batch_size)
+            )
+            preds = predict_split(predict_fns[task], params, batches, len(encoded))
+            if encoded.labels is not None:
+                metrics[task] = task_metric(task, preds, np.asarray(encoded.labels))
+            if out_dir is not None:
+                write_predictions(out_dir / f"{task}-{split}-output.csv", task, encoded.ids, preds)
+        score = overall_score(metrics)
+        if score is not None:
+            metrics["overall"] = score
+        return metrics
+
+
+def _checkpoint_managers(run_dir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    return (
+        ocp.CheckpointManager((run_dir / "checkpoints" / "latest").resolve(), options=options),
+        ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options),
+    )
+
+
+def _state_dict(state: TrainState) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def _save(manager: ocp.CheckpointManager, step: int, tree, meta: dict) -> None:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+
+
+def _restore(manager: ocp.CheckpointManager, target) -> tuple:
+    restored = manager.restore(
+        manager.latest_step(),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+    )
+    return restored["state"], restored["meta"]
+
+
+class _InterruptFlag:
+    """Turns SIGINT into a flag checked between steps, so a checkpoint is taken at a clean position."""
+
+    def __init__(self):
+        import signal
+
+        self.raised = False
+        self._signal = signal
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, *_):
+        self.raised = True
+
+    def restore(self):
+        self._signal.signal(self._signal.SIGINT, self._previous)
+
+
+def _check_finite(pending: list[tuple[int, str, jax.Array]]) -> None:
+    for step, task, loss in pending:
+        if not np.isfinite(float(loss)):
+            raise RunError(f"the {task} loss is {float(loss)} at step {step}: training stopped (the last good checkpoint is kept)")
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Trains (or resumes) a run in `run_dir`; returns the best epoch's dev metrics ({} if interrupted)."""
+    enable_compilation_cache()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        config.to_json(run_dir / "config.json")
+    run = Run(config, ensure_init_checkpoint(config.init_checkpoint))
+    tx = make_optimizer(config)
+    grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
+    predict_fns = make_predict_fns(run.model, config)
+    state = init_state(run.init_params(), tx)
+    latest, best = _checkpoint_managers(run_dir)
+    position = {"epoch": 0, "next_step": 0, "global_step": 0, "best_overall": None, "best_epoch": None}
+    if resume:
+        if latest.latest_step() is None:
+            raise RunError(f"{run_dir}: no checkpoint to resume from")
+        tree, position = _restore(latest, _state_dict(state))
+        state = TrainState(**tree)
+    interrupt = _InterruptFlag()
+    try:
+        for epoch in range(position["epoch"], config.epochs):
+            state, epoch_stats = _run_epoch(run, epoch, state, position, grad_fns, update, latest, interrupt, quiet)
+            if interrupt.raised:
+                print(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
+                      f"continue with --resume {run_dir}")
+                return {}
+            dev = run.evaluate(state.params, predict_fns, "dev")
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, **epoch_stats, "dev": dev}) + "\n")
+            score = dev.get("overall", -np.inf)
+            is_best = position["best_overall"] is None or score > position["best_overall"]
+            if is_best:
+                position.update(best_overall=score, best_epoch=epoch)
+                _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
+            position.update(epoch=epoch + 1, next_step=0)
+            _save(latest, position["global_step"], _state_dict(state), position)
+            print(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
+    finally:
+        interrupt.restore()
+    return finish_run(run, run_dir, predict_fns)
+
+
+def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, interrupt, quiet):
+    """Steps of one epoch from position["next_step"], advancing `position`; returns (state, epoch stats)."""
+    config, tasks = run.config, run.config.tasks
+    steps = run.stream().steps_per_epoch(epoch)
+    base_key = jax.random.key(config.seed)
+    loss_sums = {t: 0.0 for t in tasks}
+    conflicts, cosines, pending, examples = [], [], [], 0
+    start, first_step = time.perf_counter(), position["next_step"]
+    bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet)
+    for batches in run.train_steps(epoch, first_step):
+        global_step = position["global_step"]
+        key = jax.random.fold_in(base_key, global_step)
+        grads = []
+        for i, task in enumerate(tasks):
+            loss, task_grads = grad_fns[task](state.params, batches[task], jax.random.fold_in(key, i))
+            grads.append(task_grads)
+            pending.append((global_step, task, loss))
+        state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(tasks)))
+        if stats:
+            conflicts.append(stats["num_conflicts"])
+            cosines.append(stats["cosine"])
+        examples += sum(int(np.asarray(batches[t]["weights"]).sum()) for t in tasks)
+        position.update(next_step=position["next_step"] + 1, global_step=global_step + 1)
+        bar.update(1)
+        checkpoint_due = config.save_every_steps and position["global_step"] % config.save_every_steps == 0
+        # Fetching losses waits for the devices: do it every 10 steps, and before any checkpoint.
+        if len(pending) >= 10 * len(tasks) or checkpoint_due or interrupt.raised or position["next_step"] == steps:
+            _check_finite(pending)
+            for _, task, loss in pending:
+                loss_sums[task] += float(loss)
+            pending = []
+            done = position["next_step"] - first_step
+            rate = examples / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{sum(loss_sums.values()) / done:.3f}", ex_s=f"{rate:.1f}")
+        if interrupt.raised or (checkpoint_due and position["next_step"] < steps):
+            _save(latest, position["global_step"], _state_dict(state), position)
+        if interrupt.raised:
+            break
+    bar.close()
+    elapsed = time.perf_counter() - start
+    done = max(position["next_step"] - first_step, 1)
+    result = {"loss": {t: loss_sums[t] / done for t in tasks}, "step_time_s": elapsed / done,
+              "examples_per_s": examples / elapsed}
+    if conflicts:
+        pairs = len(tasks) * (len(tasks) - 1) / 2
+        result["pcgrad_conflict_rate"] = float(np.mean(jax.device_get(conflicts)) / pairs)
+        mean_cosine = np.mean(jax.device_get(cosines), axis=0)
+        result["pcgrad_cosine"] = {
+            f"{a}-{b}": float(mean_cosine[i, j]) for i, a in enumerate(tasks) for j, b in enumerate(tasks) if i < j
+        }
+    if quiet:
+        print(f"epoch {epoch}: {done} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
+              + f", {result['examples_per_s']:.1f} examples/s")
+    return state, result
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """Draws curves.png from metrics.jsonl: training loss per task and dev metrics per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] + 1 for r in records]
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(10, 4))
+    for task in records[0]["loss"]:
+        ax_loss.plot(epochs, [r["loss"][task] for r in records], marker="o", label=task)
+    for metric in records[0]["dev"]:
+        ax_dev.plot(epochs, [r["dev"][metric] for r in records], marker="o", label=metric)
+    ax_loss.set(title="training loss", xlabel="epoch")
+    ax_dev.set(title="dev metrics", xlabel="epoch")
+    for ax in (ax_loss, ax_dev):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
+def _best_params(run_dir: Path, params_target):
+    _, best = _checkpoint_managers(run_dir)
+    if best.latest_step() is None:
+        raise RunError(f"{run_dir}: no best checkpoint (has an epoch finished?)")
+    tree, meta = _restore(best, {"params": params_target})
+    return tree["params"], meta
+
+
+def finish_run(run: Run, run_dir: Path, predict_fns) -> dict:
+    """With the best epoch's parameters: writes dev/test predictions, best_encoder/ and curves.png."""
+    params, meta = _best_params(run_dir, run.init_params())
+    for split in ("dev", "test"):
+        run.evaluate(params, predict_fns, split, run_dir / "predictions")
+    save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
+                    run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
+    plot_curves(run_dir)
+    return meta["dev"]
+
+
+def load_run(run_dir: Path) -> tuple[Run, dict]:
+    """A finished run's Run object and best parameters (for evaluation and prediction)."""
+    enable_compilation_cache()
+    if not (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir}: not a run directory (no config.json)")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    encoder_dir = run_dir / "best_encoder"
+    run = Run(config, encoder_dir if encoder_dir.is_dir() else ensure_init_checkpoint(config.init_checkpoint))
+    params, _ = _best_params(run_dir, run.init_params())
+    return run, params
+
+
+def evaluate_run(run_dir: Path, splits: tuple[str, ...] = ("dev", "test")) -> dict:
+    """Re-scores a run's best checkpoint on dev and rewrites its prediction files."""
+    run, params = load_run(run_dir)
+    predict_fns = make_predict_fns(run.model, run.config)
+    metrics = {}
+    for split in splits:
+        scores = run.evaluate(params, predict_fns, split, run_dir / "predictions")
+        metrics.update({f"{split}_{k}": v for k, v in scores.items()})
+    return metrics

@@ -1,0 +1,48 @@
+"""Per-task losses on the model's raw outputs, and predictions on each task's reporting scale."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import TrainConfig
+
+__all__ = ["task_loss", "predictions"]
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    # Padding rows have weight 0; a batch of padding only has loss 0 (and so zero gradients).
+    return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
+    """Mean loss over the real (weight 1) rows of a task batch.
+
+    sst/cfimdb: cross-entropy; para: binary cross-entropy on the logit; sts: with the linear
+    head, BCE on (label > 2) or MSE on label / 5; with the cosine head, MSE between the cosine
+    and the target.
+    """
+    labels, weights = batch["labels"], batch["weights"]
+    if task in ("sst", "cfimdb"):
+        per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    elif task == "para":
+        per_example = optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
+    else:
+        target = (labels > 2).astype(jnp.float32) if config.sts_target == "binary" else labels / 5.0
+        if config.sts_head == "linear" and config.sts_target == "binary":
+            per_example = optax.sigmoid_binary_cross_entropy(outputs, target)
+        else:
+            per_example = jnp.square(outputs - target)
+    return _weighted_mean(per_example, weights)
+
+
+def predictions(outputs: jax.Array, task: str, config: TrainConfig) -> jax.Array:
+    """Predictions as the CS224N files report them: class ids, 0/1 duplicates, similarity on 0-5."""
+    if task in ("sst", "cfimdb"):
+        return outputs.argmax(-1)
+    if task == "para":
+        return (outputs > 0).astype(jnp.int32)
+    if config.sts_head == "linear" and config.sts_target == "binary":
+        return 5.0 * jax.nn.sigmoid(outputs)
+    return jnp.clip(5.0 * outputs, 0.0, 5.0)

@@ -1,0 +1,54 @@
+"""Command line: `python -m train.main --pooling=mean --pcgrad` (see --help)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, build_parser, parse_args
+from .loop import RunError, train
+
+
+def _resumed_config(run_dir: Path, argv) -> TrainConfig:
+    """The run's saved config; a flag given with --resume must agree with it."""
+    if not (run_dir / "config.json").exists():
+        raise RunError(f"--resume {run_dir}: not a run directory (no config.json)")
+    saved = TrainConfig.from_json(run_dir / "config.json")
+    given, _ = parse_args([a for a in argv if not a.startswith("--resume") and a != str(run_dir)])
+    explicit = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    conflicts = [
+        f"--{f.name.replace('_', '-')} {getattr(given, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(TrainConfig)
+        if (f.name in explicit or (f.name != "preset" and "preset" in explicit))
+        and getattr(given, f.name) != getattr(saved, f.name)
+    ]
+    if conflicts:
+        raise ConfigError(f"--resume {run_dir}: settings contradict the run's config.json: " + "; ".join(conflicts))
+    return saved
+
+
+def main(argv=None) -> int:
+    """Parses flags, then trains (or resumes) a run; user errors print one line and exit 1."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config, args = parse_args(argv)
+        if args.resume:
+            run_dir = Path(args.resume)
+            config = _resumed_config(run_dir, argv)
+        else:
+            name = config.preset or "custom"
+            run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+        print(f"run directory: {run_dir}")
+        metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if metrics:
+        print("best dev: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

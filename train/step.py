@@ -1,0 +1,87 @@
+"""The training step: one jitted gradient function per task, and one jitted update.
+
+A step calls `grad_fns[task](params, batch, rng)` for each task (each compiled once per
+batch shape of its own task, so bucketed lengths of different tasks do not multiply into
+a compile per combination), then `update(state, task_grads, key)`, which combines the
+gradient pytrees by sum or PCGrad and applies the AdamW chain. Dispatch is asynchronous:
+gradients stay on the devices and nothing returns to the host between the calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import TrainConfig
+from .losses import task_loss
+from .model import MultitaskBert
+from .optim import adamw, decay_mask_no_layernorm_bias
+from .pcgrad import pcgrad
+
+__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "is_shared_param"]
+
+# Parameters used by more than one task; everything else is one task's head.
+SHARED_MODULES = ("bert", "pair_shared")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training and must be checkpointed."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def is_shared_param(path: tuple) -> bool:
+    """PCGrad predicate: True for encoder (and shared pair layer) parameters."""
+    first = path[0]
+    return getattr(first, "key", first) in SHARED_MODULES
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The CS224N AdamW; with --option pretrain the encoder gets no update at all (not even decay)."""
+    mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
+    tx = adamw(config.lr, weight_decay=config.weight_decay, decay_mask=mask)
+    if config.option == "finetune":
+        return tx
+    labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
+    """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree)."""
+
+    def task_grad(params, batch, rng, task):
+        def loss_fn(p):
+            outputs = model.apply({"params": p}, batch, task, deterministic=False, rngs={"dropout": rng})
+            return task_loss(outputs, batch, task, config)
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    return {task: jax.jit(functools.partial(task_grad, task=task)) for task in config.tasks}
+
+
+def make_update(config: TrainConfig, tx: optax.GradientTransformation) -> Callable:
+    """Jitted (state, task_grads, key) -> (new state, stats); combines by sum or PCGrad, then steps."""
+
+    def update(state: TrainState, task_grads: tuple, key: jax.Array):
+        if config.pcgrad:
+            grads, stats = pcgrad(task_grads, key, shared=is_shared_param)
+        else:
+            grads, stats = jax.tree_util.tree_map(lambda *g: sum(g), *task_grads), {}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), stats
+
+    return jax.jit(update, donate_argnums=(0,))
+
+
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh TrainState at step 0."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
