@@ -58,6 +58,12 @@ def ensure_init_checkpoint(path: str) -> Path:
     return path
 
 
+def _placeholder_batch(rows: int) -> dict:
+    # Head shapes do not depend on the batch: initialise on the smallest one.
+    tokens = jnp.zeros((rows, 2), jnp.int32)
+    return {"input_ids": tokens, "token_type_ids": tokens, "attention_mask": jnp.ones_like(tokens)}
+
+
 class Run:
     """What a run needs in hand: config, model, tokenized task data, the device mesh."""
 
@@ -90,6 +96,7 @@ class Run:
                     mode=cfg.pair_encoding if task in ("para", "sts") else "single",
                     batch_size=cfg.batch_size,
                     max_length=cfg.max_length,
+                    num_buckets=cfg.num_buckets,
                     tokenizer=self.tokenizer,
                     source_dir=cfg.data_dir,
                 )
@@ -118,10 +125,10 @@ class Run:
 
     def init_params(self):
         """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
-        families = {TASKS[t]: t for t in self.config.tasks}
-        examples = {families[n]: b for n, b in next(self.stream().epoch(0)).items()}
-        params = self.model.init(jax.random.key(self.config.seed), examples, method=MultitaskBert.all_tasks)["params"]
-        params = {**params, "bert": self.encoder_params}
+        examples = {t: _placeholder_batch(2 if t in ("para", "sts") and self.config.pair_encoding == "bi" else 1)
+                    for t in self.config.tasks}
+        init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"])
+        params = {**init(jax.random.key(self.config.seed)), "bert": self.encoder_params}
         return jax.device_put(params, self.replicated)
 
     def evaluate(self, params, predict_fns, split: str, out_dir: Path | None = None) -> dict[str, float]:
@@ -187,12 +194,6 @@ class _InterruptFlag:
         self._signal.signal(self._signal.SIGINT, self._previous)
 
 
-def _check_finite(pending: list[tuple[int, str, jax.Array]]) -> None:
-    for step, task, loss in pending:
-        if not np.isfinite(float(loss)):
-            raise RunError(f"the {task} loss is {float(loss)} at step {step}: training stopped (the last good checkpoint is kept)")
-
-
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
     """Trains (or resumes) a run in `run_dir`; returns the best epoch's dev metrics ({} if interrupted)."""
     enable_compilation_cache()
@@ -215,7 +216,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
     try:
         for epoch in range(position["epoch"], config.epochs):
             state, epoch_stats = _run_epoch(run, epoch, state, position, grad_fns, update, latest, interrupt, quiet)
-            if interrupt.raised:
+            if epoch_stats is None:
                 print(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
                       f"continue with --resume {run_dir}")
                 return {}
@@ -235,14 +236,39 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
     return finish_run(run, run_dir, predict_fns)
 
 
+def _fresh_totals(tasks) -> dict:
+    """Per-epoch sums, kept in the checkpoint so a resumed epoch reports what an uninterrupted one would."""
+    return {"loss": {t: 0.0 for t in tasks}, "loss_steps": {t: 0 for t in tasks}, "examples": 0, "steps": 0,
+            "conflicts": 0.0, "cosine": np.zeros((len(tasks), len(tasks))).tolist()}
+
+
 def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, interrupt, quiet):
-    """Steps of one epoch from position["next_step"], advancing `position`; returns (state, epoch stats)."""
+    """Steps of one epoch from position["next_step"], advancing `position`; returns (state, epoch stats),
+    with stats None when interrupted (after saving a checkpoint)."""
     config, tasks = run.config, run.config.tasks
     steps = run.stream().steps_per_epoch(epoch)
-    base_key = jax.random.key(config.seed)
-    loss_sums = {t: 0.0 for t in tasks}
-    conflicts, cosines, pending, examples = [], [], [], 0
-    start, first_step = time.perf_counter(), position["next_step"]
+    # "rbg" keys: dropout masks from XLA's RngBitGenerator compile in half the time of threefry's and run faster.
+    base_key = jax.random.key(config.seed, impl="rbg")
+    totals = position.setdefault("totals", _fresh_totals(tasks))
+    pending, pcgrad_sums = [], None
+    start, first_step, stop = time.perf_counter(), position["next_step"], False
+
+    def flush():
+        # Fetching losses waits for the devices: done every 10 steps, before a checkpoint and at the end.
+        nonlocal pending, pcgrad_sums
+        for step, task, loss, weight in pending:
+            if not np.isfinite(float(loss)):
+                raise RunError(f"the {task} loss is {float(loss)} at step {step}: training stopped "
+                               "(the last good checkpoint is kept)")
+            if weight > 0:
+                totals["loss"][task] += float(loss)
+                totals["loss_steps"][task] += 1
+        if pcgrad_sums is not None:
+            conflicts, cosine = jax.device_get(pcgrad_sums)
+            totals["conflicts"] += float(conflicts)
+            totals["cosine"] = (np.asarray(totals["cosine"]) + cosine).tolist()
+        pending, pcgrad_sums = [], None
+
     bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet)
     for batches in run.train_steps(epoch, first_step):
         global_step = position["global_step"]
@@ -251,42 +277,47 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
         for i, task in enumerate(tasks):
             loss, task_grads = grad_fns[task](state.params, batches[task], jax.random.fold_in(key, i))
             grads.append(task_grads)
-            pending.append((global_step, task, loss))
+            pending.append((global_step, task, loss, float(np.asarray(batches[task]["weights"]).sum())))
         state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(tasks)))
         if stats:
-            conflicts.append(stats["num_conflicts"])
-            cosines.append(stats["cosine"])
-        examples += sum(int(np.asarray(batches[t]["weights"]).sum()) for t in tasks)
+            step_sums = (stats["num_conflicts"], stats["cosine"])
+            pcgrad_sums = step_sums if pcgrad_sums is None else jax.tree_util.tree_map(jnp.add, pcgrad_sums, step_sums)
+        totals["examples"] += int(sum(p[3] for p in pending[-len(tasks):]))
+        totals["steps"] += 1
         position.update(next_step=position["next_step"] + 1, global_step=global_step + 1)
         bar.update(1)
+        stop = interrupt.raised  # read once: a signal between two reads must not skip the checkpoint
         checkpoint_due = config.save_every_steps and position["global_step"] % config.save_every_steps == 0
-        # Fetching losses waits for the devices: do it every 10 steps, and before any checkpoint.
-        if len(pending) >= 10 * len(tasks) or checkpoint_due or interrupt.raised or position["next_step"] == steps:
-            _check_finite(pending)
-            for _, task, loss in pending:
-                loss_sums[task] += float(loss)
-            pending = []
-            done = position["next_step"] - first_step
-            rate = examples / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{sum(loss_sums.values()) / done:.3f}", ex_s=f"{rate:.1f}")
-        if interrupt.raised or (checkpoint_due and position["next_step"] < steps):
+        if len(pending) >= 10 * len(tasks) or checkpoint_due or stop or position["next_step"] == steps:
+            flush()
+            mean_loss = sum(totals["loss"][t] / max(totals["loss_steps"][t], 1) for t in tasks)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", ex_s=f"{totals['examples'] / (time.perf_counter() - start):.1f}")
+        if stop or (checkpoint_due and position["next_step"] < steps):
             _save(latest, position["global_step"], _state_dict(state), position)
-        if interrupt.raised:
+        if stop:
             break
     bar.close()
-    elapsed = time.perf_counter() - start
-    done = max(position["next_step"] - first_step, 1)
-    result = {"loss": {t: loss_sums[t] / done for t in tasks}, "step_time_s": elapsed / done,
-              "examples_per_s": examples / elapsed}
-    if conflicts:
+    if stop:
+        return state, None
+    flush()
+    elapsed, ran = time.perf_counter() - start, max(position["next_step"] - first_step, 1)
+    result = {
+        "loss": {t: totals["loss"][t] / max(totals["loss_steps"][t], 1) for t in tasks},
+        "steps": totals["steps"],
+        "examples": totals["examples"],
+        "step_time_s": elapsed / ran,  # of the steps run since this process started the epoch
+        "examples_per_s": ran * totals["examples"] / totals["steps"] / elapsed,
+    }
+    if config.pcgrad:
         pairs = len(tasks) * (len(tasks) - 1) / 2
-        result["pcgrad_conflict_rate"] = float(np.mean(jax.device_get(conflicts)) / pairs)
-        mean_cosine = np.mean(jax.device_get(cosines), axis=0)
+        result["pcgrad_conflict_rate"] = totals["conflicts"] / totals["steps"] / max(pairs, 1)
+        mean_cosine = np.asarray(totals["cosine"]) / totals["steps"]
         result["pcgrad_cosine"] = {
             f"{a}-{b}": float(mean_cosine[i, j]) for i, a in enumerate(tasks) for j, b in enumerate(tasks) if i < j
         }
+    del position["totals"]
     if quiet:
-        print(f"epoch {epoch}: {done} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
+        print(f"epoch {epoch}: {totals['steps']} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
               + f", {result['examples_per_s']:.1f} examples/s")
     return state, result
 

@@ -1,0 +1,268 @@
+"""Multi-task model and training CLI on a tiny random encoder and a small copy of the task data."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_flax import BertConfig, BertModel, save_pretrained
+from tests.helpers import DATA_DIR, REPO
+from train import config as train_config
+from train import evaluate, loop, main, predict
+from train.config import PRESETS, TrainConfig
+
+SMALL_ROWS = 96  # rows kept per file in the small data copy
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(minilm_torch_dir, tmp_path_factory):
+    """A 2-layer, hidden-32 BERT with the real vocabulary, as a converted checkpoint directory."""
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    params = BertModel(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    return save_pretrained(tmp_path_factory.mktemp("tiny") / "encoder", config, params,
+                           minilm_torch_dir / "vocab.txt", lowercase=True)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """The first rows of every task file (dev and test files too), so evaluation is quick."""
+    out = tmp_path_factory.mktemp("data")
+    for path in DATA_DIR.glob("*.csv"):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        (out / path.name).write_text("".join(lines[: SMALL_ROWS + 1]), encoding="utf-8")
+    return out
+
+
+def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
+    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
+                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_presets_expand_to_the_reference_rows():
+    config, _ = train_config.parse_args(["--preset", "cosfeat-pcgrad-mean"])
+    assert (config.sts_head, config.para_cos_feature, config.pcgrad, config.pooling) == ("cosine", True, True, "mean")
+    config, _ = train_config.parse_args(["--preset", "shared-pcgrad", "--no-pcgrad", "--lr", "2e-5"])
+    assert config.shared_layer and not config.pcgrad and config.lr == 2e-5
+    assert train_config.parse_args(["--preset", "baseline-6041"])[0].samples_per_task == 6041
+    baseline = train_config.parse_args(["--preset", "baseline-10000"])[0]
+    assert (baseline.pooling, baseline.sts_head, baseline.pcgrad, baseline.shared_layer) == ("cls", "linear", False, False)
+    assert set(PRESETS) == {"baseline-6041", "baseline-10000", "shared-pcgrad", "cosine-pcgrad",
+                            "cosine-pcgrad-mean", "cosfeat-pcgrad-mean"}
+    defaults = TrainConfig()
+    assert (defaults.dropout, defaults.lr, defaults.epochs, defaults.samples_per_task) == (0.3, 1e-5, 10, 10_000)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "--preset 'nope' does not exist"),
+    (["--pooling", "avg"], "--pooling 'avg': choose from cls, mean, max"),
+    (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
+    (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross has no sentence embeddings"),
+    (["--epochs", "0"], "--epochs must be positive"),
+])
+def test_bad_flags_are_named(argv, message, capsys):
+    assert main.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def expected_modules(config: TrainConfig) -> set[str]:
+    heads = {"sst": "sst_classifier", "cfimdb": "cfimdb_classifier", "para": "para_classifier"}
+    if config.sts_head == "linear":
+        heads["sts"] = "sts_regressor"
+    modules = {"bert", *(heads[t] for t in config.tasks if t in heads)}
+    if config.shared_layer and {"para", "sts"} & set(config.tasks):
+        modules.add("pair_shared")
+    return modules
+
+
+COMBINATIONS = [
+    dict(),
+    dict(pooling="max", sts_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias"),
+    dict(pooling="mean", sts_head="cosine", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
+    dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
+    dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
+    dict(tasks=("cfimdb",), pooling="max", sampling="min"),
+]
+
+
+@pytest.mark.parametrize("overrides", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, overrides):
+    from train.step import init_state, make_grad_fns, make_optimizer, make_update
+
+    config = tiny_config(tiny_encoder, small_data, **overrides)
+    run = loop.Run(config, tiny_encoder)
+    tx = make_optimizer(config)
+    state = init_state(run.init_params(), tx)
+    before = jax.device_get(state.params)
+    batches = next(run.train_steps(0))
+    grad_fns = make_grad_fns(run.model, config)
+    losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg")) for i, t in enumerate(config.tasks)))
+    state, stats = make_update(config, tx)(state, tuple(grads), jax.random.key(9))
+    after = jax.device_get(state.params)
+    assert all(np.isfinite(float(loss)) and float(loss) > 0 for loss in losses)
+    assert set(after) == expected_modules(config)
+    encoder_moved = max(float(np.abs(a - b).max()) for a, b in
+                        zip(jax.tree_util.tree_leaves(after["bert"]), jax.tree_util.tree_leaves(before["bert"])))
+    heads_moved = max(float(np.abs(a - b).max()) for k in after if k != "bert" for a, b in
+                      zip(jax.tree_util.tree_leaves(after[k]), jax.tree_util.tree_leaves(before[k])))
+    assert heads_moved > 0
+    assert (encoder_moved == 0) == (config.option == "pretrain")
+    assert bool(stats) == config.pcgrad
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_encoder, small_data, tmp_path_factory):
+    """A two-epoch run of the cosine-features + PCGrad + mean pooling setup, through the CLI."""
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    argv = ["--preset", "cosfeat-pcgrad-mean", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data),
+            "--epochs", "2", "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32",
+            "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--run-dir", str(run_dir), "--quiet"]
+    assert main.main(argv) == 0
+    return run_dir
+
+
+def test_run_writes_every_output(finished_run):
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["preset"] == "cosfeat-pcgrad-mean" and config["pcgrad"] and config["para_cos_feature"]
+    records = read_metrics(finished_run)
+    assert [r["epoch"] for r in records] == [0, 1]
+    for record in records:
+        assert set(record["loss"]) == {"sst", "para", "sts"}
+        assert set(record["dev"]) == {"sst", "para", "sts", "overall"}
+        assert 0 <= record["pcgrad_conflict_rate"] <= 1 and set(record["pcgrad_cosine"]) == {"sst-para", "sst-sts", "para-sts"}
+        assert record["examples_per_s"] > 0 and record["step_time_s"] > 0
+        dev = record["dev"]
+        assert dev["overall"] == pytest.approx((dev["sst"] + dev["para"] + (dev["sts"] + 1) / 2) / 3)
+    for task, header in evaluate.PREDICTION_HEADERS.items():
+        if task == "cfimdb":
+            continue
+        for split in ("dev", "test"):
+            lines = (finished_run / "predictions" / f"{task}-{split}-output.csv").read_text().splitlines()
+            assert lines[0] == f"id \t {header} "
+            assert len(lines) == 1 + SMALL_ROWS
+            example_id, prediction = lines[1].split(" , ")
+            assert example_id and float(prediction) >= 0
+    assert (finished_run / "curves.png").stat().st_size > 1000
+    assert (finished_run / "best_encoder" / "params").is_dir()
+
+
+def test_dev_predictions_reproduce_the_best_metrics(finished_run):
+    records = read_metrics(finished_run)
+    best = max(records, key=lambda r: r["dev"]["overall"])["dev"]
+    scores = loop.evaluate_run(finished_run, ("dev",))
+    assert scores["dev_overall"] == pytest.approx(best["overall"], abs=1e-6)
+    labels = {}
+    for line in (DATA_DIR / "ids-sst-dev.csv").read_text(encoding="utf-8").splitlines()[1 : SMALL_ROWS + 1]:
+        fields = line.split("\t")
+        labels[fields[1]] = int(fields[-1])
+    preds = dict(line.rstrip().split(" , ") for line in
+                 (finished_run / "predictions" / "sst-dev-output.csv").read_text().splitlines()[1:])
+    accuracy = np.mean([int(preds[i]) == labels[i] for i in labels])
+    assert accuracy == pytest.approx(best["sst"])
+
+
+def test_predict_cli(finished_run, capsys):
+    assert predict.main(["--checkpoint", str(finished_run), "A gripping film."]) == 0
+    out = capsys.readouterr().out
+    assert "sentiment" in out and "p = " in out
+    assert predict.main(["--checkpoint", str(finished_run), "How do I learn?", "How can I learn?"]) == 0
+    out = capsys.readouterr().out
+    assert "paraphrase probability" in out and "similarity" in out
+
+
+def test_evaluate_cli_rewrites_predictions(finished_run, capsys):
+    target = finished_run / "predictions" / "sts-test-output.csv"
+    original = target.read_text()
+    target.unlink()
+    assert evaluate.main(["--checkpoint", str(finished_run)]) == 0
+    assert "dev_overall=" in capsys.readouterr().out
+    assert target.read_text() == original
+
+
+class _InterruptAfter:
+    """Stands in for the SIGINT flag: raised once `steps` steps have been checked."""
+
+    def __init__(self, steps):
+        self.remaining = steps
+
+    @property
+    def raised(self):
+        self.remaining -= 1
+        return self.remaining < 0
+
+    def restore(self):
+        pass
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder, small_data, tmp_path, monkeypatch, capsys):
+    saved = TrainConfig.from_json(finished_run / "config.json")
+    run_dir = tmp_path / "resumed"
+    monkeypatch.setattr(loop, "_InterruptFlag", lambda: _InterruptAfter(steps=5))
+    assert loop.train(saved, run_dir, quiet=True) == {}
+    assert "interrupted: checkpoint saved" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert main.main(["--resume", str(run_dir), "--quiet"]) == 0
+    assert read_metrics(run_dir) == [
+        {**r, "step_time_s": r2["step_time_s"], "examples_per_s": r2["examples_per_s"]}
+        for r, r2 in zip(read_metrics(finished_run), read_metrics(run_dir))
+    ] or pytest.fail("metrics differ")
+    ours, reference = (jax.device_get(loop.load_run(d)[1]) for d in (run_dir, finished_run))
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_contradicting_flags(finished_run, capsys):
+    assert main.main(["--resume", str(finished_run), "--lr", "0.5"]) == 1
+    assert "--lr 0.5 (the run has 0.001)" in capsys.readouterr().err
+
+
+TWO_DEVICE_SCRIPT = """
+import json, sys, jax
+from train import loop
+from train.config import TrainConfig
+from train.step import init_state, make_grad_fns, make_optimizer
+config = TrainConfig(**json.loads(sys.argv[1]))
+run = loop.Run(config, config.init_checkpoint)
+state = init_state(run.init_params(), make_optimizer(config))
+batches = next(run.train_steps(0))
+grad_fns = make_grad_fns(run.model, config)
+print(json.dumps({"devices": jax.device_count(), "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0]) for t in config.tasks]}))
+"""
+
+
+def run_on_devices(count, config):
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_devices_give_the_same_loss_as_one(tiny_encoder, small_data):
+    config = tiny_config(tiny_encoder, small_data, dropout=0.0, pcgrad=True, tasks=("sst", "para"))
+    one, two = run_on_devices(1, config), run_on_devices(2, config)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+
+
+def test_batch_not_divisible_by_devices_is_refused(tiny_encoder, small_data):
+    config = tiny_config(tiny_encoder, small_data, batch_size=7)
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    assert "--batch-size 7 and --eval-batch-size 32 must divide by the device count 2" in result.stderr
