@@ -22,7 +22,7 @@ $(CHECKPOINT)/params: $(VENV)/.installed
 convert: $(CHECKPOINT)/params
 
 train: $(CHECKPOINT)/params
-	$(PY) -m bert_flax --checkpoint $(CHECKPOINT) "A man is playing a guitar." "Someone plays an instrument." "The stock market fell sharply."
+	$(PY) -m train.main --preset cosfeat-pcgrad-mean --epochs 1 --samples-per-task 1000 --num-buckets 8 $(TRAIN_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,0 +1,151 @@
+"""Run the reference report's experiment rows and summarise them into results/.
+
+    python results/reproduce.py                                  # every row, the settings below
+    python results/reproduce.py --rows baseline-10000 sst-finetune
+    python results/reproduce.py --epochs 10 --samples-per-task 10000   # the reference budget
+    python results/reproduce.py --summarize-only
+
+Each row is `python -m train.main` with the flags in ROWS plus the shared budget flags; its run
+directory is results/runs/<row>. A finished row is not run again. The summary writes
+results/README.md (the table), results/rows.png, results/best/ (curves and test predictions of
+the best multi-task row) and copies each row's config.json, metrics.jsonl and predictions/ into
+results/<row>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent
+REPO = RESULTS.parent
+
+# Row name -> (train.main flags, what the reference report measured on BERT-base dev).
+ROWS = {
+    "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
+    "baseline-10000": (["--preset", "baseline-10000"], dict(sst=0.501, para=0.721, sts=0.354, overall=0.633)),
+    "shared-pcgrad": (["--preset", "shared-pcgrad"], dict(sst=0.485, para=0.728, sts=0.342, overall=0.628)),
+    "cosine-pcgrad": (["--preset", "cosine-pcgrad"], dict(sst=0.511, para=0.735, sts=0.583, overall=0.679)),
+    "cosine-pcgrad-mean": (["--preset", "cosine-pcgrad-mean"], dict(sst=0.499, para=0.726, sts=0.798, overall=0.708)),
+    "cosfeat-pcgrad-mean": (["--preset", "cosfeat-pcgrad-mean"], dict(sst=0.526, para=0.726, sts=0.795, overall=0.716)),
+    "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
+    "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
+    "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
+}
+MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "cfimdb-"))]
+# baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
+SAMPLES_FRACTION = {"baseline-6041": 0.6041}
+
+
+def git_commit() -> str:
+    """The commit the runs are made from (with '+dirty' when the tree has changes)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
+    return commit + ("+dirty" if dirty.strip() else "")
+
+
+def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str]) -> None:
+    """Trains one row into results/runs/<name>, recording wall time and commit in run.json."""
+    samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
+    budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *extra]
+    run_dir = RESULTS / "runs" / name
+    if (run_dir / "run.json").exists():
+        print(f"{name}: done already ({run_dir})")
+        return
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    argv = [sys.executable, "-m", "train.main", *ROWS[name][0], *budget, "--run-dir", str(run_dir), "--quiet"]
+    print(f"{name}: {' '.join(argv[1:])}", flush=True)
+    start = time.time()
+    subprocess.run(argv, cwd=REPO, check=True)
+    info = {"argv": argv[1:], "wall_time_s": round(time.time() - start, 1), "commit": git_commit()}
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def best_dev(run_dir: Path) -> dict:
+    """The dev metrics of the run's best epoch (by overall score)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return max(records, key=lambda r: r["dev"]["overall"])["dev"]
+
+
+def summarize(budget_text: str) -> None:
+    """Writes results/README.md, rows.png, best/ and the per-row copies from results/runs/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [n for n in ROWS if (RESULTS / "runs" / n / "run.json").exists()]
+    lines = [
+        "# Results",
+        "",
+        f"Default model all-MiniLM-L6-v2 (22.7M parameters), shipped data, dev split. Budget: {budget_text}.",
+        "Reference: the report's BERT-base numbers (dev). Reproduce a row with `python results/reproduce.py --rows NAME`",
+        "(add `--epochs 10 --samples-per-task 10000` for the reference budget).",
+        "",
+        "| row | sentiment | paraphrase | STS corr | overall | reference overall | wall time | commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    scores = {}
+    for name in done:
+        run_dir = RESULTS / "runs" / name
+        dev, info, reference = best_dev(run_dir), json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
+        scores[name] = dev
+        cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference else (f"{dev[t]:.3f}" if t in dev else "")
+                 for t in ("sst", "para", "sts")]
+        if "cfimdb" in dev:
+            cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
+        overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
+        lines.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | "
+                     f"{info['wall_time_s'] / 60:.1f} min | {info['commit']} |")
+        target = RESULTS / name
+        target.mkdir(exist_ok=True)
+        for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
+            shutil.copyfile(run_dir / item, target / item)
+        shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
+    lines += ["", "Cells: this project (the reference report in parentheses). ![rows](rows.png)", ""]
+    multitask = [n for n in MULTITASK if n in scores]
+    if multitask:
+        best = max(multitask, key=lambda n: scores[n]["overall"])
+        shutil.copytree(RESULTS / "runs" / best / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
+        shutil.copyfile(RESULTS / "runs" / best / "curves.png", RESULTS / "best" / "curves.png")
+        lines += [f"Best multi-task row: **{best}** (overall {scores[best]['overall']:.3f}); its test predictions are in "
+                  "`best/predictions/`, its curves in `best/curves.png`.", ""]
+        fig, ax = plt.subplots(figsize=(10, 4))
+        width = 0.2
+        for i, metric in enumerate(("sst", "para", "sts", "overall")):
+            ax.bar([j + i * width for j in range(len(multitask))], [scores[n][metric] for n in multitask], width, label=metric)
+        ax.set_xticks([j + 1.5 * width for j in range(len(multitask))], multitask, rotation=15, fontsize=8)
+        ax.set(title="dev metrics per row", ylim=(0, 1))
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "rows.png", dpi=100)
+        plt.close(fig)
+    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--samples-per-task", type=int, default=2000)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every row")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args(argv)
+    budget_text = f"{args.epochs} epoch(s) x {args.samples_per_task} examples per task (baseline-6041: x 0.6041) {' '.join(args.extra)}".strip()
+    if not args.summarize_only:
+        for name in args.rows:
+            run_row(name, args.epochs, args.samples_per_task, args.extra)
+    summarize(budget_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
