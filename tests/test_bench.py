@@ -1,0 +1,88 @@
+"""The benchmark scripts run at their tiniest sizes and end with a parseable `JSON: ` line.
+
+No timing is asserted: these only check that the scripts work (each in a subprocess, on a
+one-layer random BERT where a checkpoint is needed). The PyTorch reference of
+bench_train.py must compute the same losses as the JAX model on the same batch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(minilm_torch_dir, tmp_path_factory) -> Path:
+    """A one-layer, hidden-32 random BERT with the real vocabulary (so the token caches are shared)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_flax import BertConfig, BertModel, save_pretrained
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    params = BertModel(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    return save_pretrained(tmp_path_factory.mktemp("tiny-bert"), config, params, minilm_torch_dir / "vocab.txt", True)
+
+
+@pytest.fixture(scope="module")
+def small_task_data(tmp_path_factory) -> Path:
+    """The first 64 rows of every task file, so that a training run evaluates quickly."""
+    out = tmp_path_factory.mktemp("bench-data")
+    for path in (REPO / "data" / "cs224n").glob("*.csv"):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        (out / path.name).write_text("".join(lines[:65]), encoding="utf-8")
+    return out
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("JSON: ")]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0][len("JSON: "):])
+
+
+def test_bench_gpu_tiny():
+    result = run_script("bench_gpu.py", "--tiny", "--layers", "1")
+    assert result["benchmark"] == "gpu_step" and result["tiny"]
+    assert result["tokens_per_s"] > 0 and result["mfu"] > 0
+
+
+def test_bench_padding():
+    result = run_script("bench_padding.py", "--samples-per-task", "320")
+    for mode in ("bi", "cross"):
+        overall = result["modes"][mode]["all"]
+        # Padding to a bucket never feeds fewer tokens than padding to the longest sentence.
+        assert overall["bucketed_ratio"] >= overall["longest_ratio"] >= overall["longest_per_side_ratio"] >= 1.0
+
+
+def test_bench_train_tiny(tiny_checkpoint):
+    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1")
+    names = {row["name"] for row in result["rows"]}
+    assert names == {"jax sum", "jax pcgrad", "torch eager sum", "torch eager pcgrad"}
+    assert all(row["examples_per_s"] > 0 for row in result["rows"])
+    check = result["notes"]["float32"]["loss_check"]
+    assert set(check) == {"sst", "para", "sts"}
+    assert all(c["abs_diff"] < 1e-4 for c in check.values()), check
+
+
+def test_bench_eval_tiny(tiny_checkpoint):
+    result = run_script("bench_eval.py", "--init-checkpoint", str(tiny_checkpoint), "--max-batches", "1")
+    assert set(result["tasks"]) == {"sst", "para", "sts"}
+    assert result["all"]["jax_sentences_per_s"] > 0 and result["all"]["torch_sentences_per_s"] > 0
+
+
+def test_bench_memory_tiny(tiny_checkpoint, small_task_data):
+    result = run_script("bench_memory.py", "--init-checkpoint", str(tiny_checkpoint), "--tasks", "sst",
+                        "--samples-per-task", "32", "--preset", "none", "--splits", "dev",
+                        "--data-dir", str(small_task_data))
+    assert not result["failed"]
+    assert all(p["max_rss_mib"] > 0 for p in result["processes"].values())
+    assert set(result["processes"]) == {"imports", "train", "evaluate"}
