@@ -16,7 +16,8 @@ from .config import BertConfig
 __all__ = ["BertModel"]
 
 _ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # Written with erf: jax.nn.gelu(approximate=False) lowers to erfc, ~4% slower per step on CPU.
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x / jnp.sqrt(2.0).astype(x.dtype))),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,

@@ -306,9 +306,12 @@ class TaskData:
         encoded = self.split(split)
         batch_size = batch_size or self.batch_size
         order = np.argsort(encoded.key_lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
+        # The partial batch takes the shortest rows, so its padding rows are fed at the shortest length.
+        remainder = len(order) % batch_size
+        bounds = ([0] if remainder else []) + list(range(remainder, len(order) + 1, batch_size))
+        for start, end in zip(bounds, bounds[1:]):
             rows = np.full(batch_size, -1, dtype=np.int64)
-            chunk = order[start : start + batch_size]
+            chunk = order[start:end]
             rows[: len(chunk)] = chunk
             yield _make_batch(encoded, rows, _bucket(self.buckets, encoded.key_lengths[chunk].max()), True)
 

@@ -477,7 +477,11 @@ def test_eval_batches_cover_the_split_once(task_data, task, mode, split):
     batches = list(data.eval_batches(split))
     index = np.concatenate([b["index"] for b in batches])
     assert sorted(index[index >= 0]) == list(range(len(encoded)))
-    assert len(index) == len(batches) * data.batch_size and np.all(index[len(encoded) :] == -1)
+    padding = len(batches) * data.batch_size - len(encoded)
+    assert 0 <= padding < data.batch_size and np.sum(index == -1) == padding
+    # The partial batch comes first and holds the shortest rows: its padding is fed at the shortest length.
+    assert np.all(batches[0]["index"][data.batch_size - padding :] == -1)
+    assert [b["input_ids"].shape[1] for b in batches] == sorted(b["input_ids"].shape[1] for b in batches)
     assert len(encoded.ids) == len(encoded)
     for b in batches:
         assert b["input_ids"].shape[1] in data.buckets and b["index"].dtype == np.int32
