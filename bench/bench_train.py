@@ -44,7 +44,7 @@ from bench import common  # noqa: E402
 class JaxTrainer:
     """The training loop's step (train/loop.py _run_epoch) for one configuration, blocking at the end."""
 
-    def __init__(self, run, config, model, params, grad_fns):
+    def __init__(self, run, config, model, params, grad_fns, key_impl: str):
         import jax
 
         from train.step import init_state, make_optimizer, make_update
@@ -54,7 +54,7 @@ class JaxTrainer:
         self.grad_fns = grad_fns
         self.update = make_update(config, tx)
         self.state = init_state(jax.tree_util.tree_map(lambda x: x.copy(), params), tx)
-        self.base_key = jax.random.key(config.seed)
+        self.base_key = jax.random.key(config.seed, impl=key_impl)  # train/loop.py uses "rbg" keys
         self.count = 0
 
     def step(self, batches: dict) -> None:
@@ -193,10 +193,10 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
 
     variants: dict[str, tuple] = {}  # name -> (step function, kind, framework)
     notes = {}
-    variants["jax sum"] = (JaxTrainer(run, summed, model, params, grad_fns).step, "sum", "jax")
+    variants["jax sum"] = (JaxTrainer(run, summed, model, params, grad_fns, args.prng).step, "sum", "jax")
     if not args.no_pcgrad:
         pcgrad = dataclasses.replace(run.config, pcgrad=True)
-        variants["jax pcgrad"] = (JaxTrainer(run, pcgrad, model, params, grad_fns).step, "pcgrad", "jax")
+        variants["jax pcgrad"] = (JaxTrainer(run, pcgrad, model, params, grad_fns, args.prng).step, "pcgrad", "jax")
     check = {}
     if not args.skip_torch:
         bf16 = dtype_name == "bfloat16"
@@ -246,7 +246,7 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
         for task, batch in batches.items():
             if (task, batch["input_ids"].shape) not in seen:
                 seen.add((task, batch["input_ids"].shape))
-                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0)))
+                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0, impl=args.prng)))
     compile_s = time.perf_counter() - start
     notes["jax_grad_shapes"] = len(seen)
     notes["jax_grad_warmup_s"] = round(compile_s, 2)
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-torch", action="store_true", help="JAX variants only")
     parser.add_argument("--torch-compile", action="store_true", help="add a torch.compile(dynamic=True) summed variant")
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
+    parser.add_argument("--prng", default="rbg", choices=("rbg", "threefry2x32", "unsafe_rbg"),
+                        help="JAX dropout key implementation (train/loop.py uses rbg)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
     parser.add_argument("--no-check", action="store_true", help="skip the deterministic loss check")
     parser.add_argument("--no-compile-cache", action="store_true",
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
           f"{load_before} before / {info['load_average']} after; jax {info['jax']}, torch {info.get('torch')}")
     print(f"preset {preset}, batch {args.batch_size} per task, tasks {','.join(run.config.tasks)}, "
-          f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'}, "
+          f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'} "
+          f"(JAX keys {args.prng}), "
           f"{common.nonembedding_params(run.bert_config) / 1e6:.2f}M non-embedding parameters")
     common.print_table(rows, [
         ("variant", "variant", "s"), ("examples_per_s", "ex/s", ".1f"), ("step_ms_median", "step ms", ".0f"),
@@ -374,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": len(steps),
         "dropout": not args.no_dropout,
         "compile_cache": not args.no_compile_cache,
+        "prng": args.prng,
         "nonembedding_params": common.nonembedding_params(run.bert_config),
         "real_tokens": sum(int(t["real"].sum()) for t in tokens),
         "examples": sum(t["examples"] for t in tokens),
