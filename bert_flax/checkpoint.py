@@ -84,7 +84,10 @@ def load_config(checkpoint_dir: str | Path) -> BertConfig:
         raise CheckpointError(f"{checkpoint_dir}: checkpoint directory not found")
     if not (checkpoint_dir / "config.json").exists():
         raise CheckpointError(f"{checkpoint_dir}: no config.json in checkpoint directory")
-    return BertConfig.from_json_file(checkpoint_dir / "config.json")
+    try:
+        return BertConfig.from_json_file(checkpoint_dir / "config.json")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def from_pretrained(checkpoint_dir: str | Path, dtype=jnp.float32):

@@ -1,4 +1,5 @@
-"""Shared fixtures: the packaged all-MiniLM-L6-v2 model, converted once per session."""
+"""Shared fixtures: the packaged all-MiniLM-L6-v2 model, converted once per session; a tiny random encoder and
+a small copy of the task data for training runs."""
 
 import os
 from pathlib import Path
@@ -7,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
+
+from tests.helpers import DATA_DIR
+
+SMALL_ROWS = 96  # rows kept per file in the small data copy
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +28,28 @@ def minilm_flax_dir(minilm_torch_dir, tmp_path_factory) -> Path:
     from convert.pt_to_flax import convert_checkpoint
 
     return convert_checkpoint(minilm_torch_dir, tmp_path_factory.mktemp("minilm-flax")).out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(minilm_torch_dir, tmp_path_factory):
+    """A 2-layer, hidden-32 BERT with the real vocabulary, as a converted checkpoint directory."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_flax import BertConfig, BertModel, save_pretrained
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    params = BertModel(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    return save_pretrained(tmp_path_factory.mktemp("tiny") / "encoder", config, params,
+                           minilm_torch_dir / "vocab.txt", lowercase=True)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """The first rows of every task file (dev and test files too), so evaluation is quick."""
+    out = tmp_path_factory.mktemp("data")
+    for path in DATA_DIR.glob("*.csv"):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        (out / path.name).write_text("".join(lines[: SMALL_ROWS + 1]), encoding="utf-8")
+    return out

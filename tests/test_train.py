@@ -7,38 +7,14 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_flax import BertConfig, BertModel, save_pretrained
+from tests.conftest import SMALL_ROWS
 from tests.helpers import DATA_DIR, REPO
 from train import config as train_config
 from train import evaluate, loop, main, predict
 from train.config import PRESETS, TrainConfig
-
-SMALL_ROWS = 96  # rows kept per file in the small data copy
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder(minilm_torch_dir, tmp_path_factory):
-    """A 2-layer, hidden-32 BERT with the real vocabulary, as a converted checkpoint directory."""
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)
-    params = BertModel(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    return save_pretrained(tmp_path_factory.mktemp("tiny") / "encoder", config, params,
-                           minilm_torch_dir / "vocab.txt", lowercase=True)
-
-
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory):
-    """The first rows of every task file (dev and test files too), so evaluation is quick."""
-    out = tmp_path_factory.mktemp("data")
-    for path in DATA_DIR.glob("*.csv"):
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        (out / path.name).write_text("".join(lines[: SMALL_ROWS + 1]), encoding="utf-8")
-    return out
-
 
 def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
     values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,

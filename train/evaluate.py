@@ -67,11 +67,15 @@ def write_predictions(path: Path, task: str, ids, preds: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     formatted = (f"{p:.4f}" if task == "sts" else str(int(p)) for p in preds)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"id \t {PREDICTION_HEADERS[task]} \n")
-        for example_id, p in zip(ids, formatted):
-            f.write(f"{example_id} , {p} \n")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"id \t {PREDICTION_HEADERS[task]} \n")
+            for example_id, p in zip(ids, formatted):
+                f.write(f"{example_id} , {p} \n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def main(argv=None) -> int:

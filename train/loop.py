@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -145,7 +148,12 @@ class Run:
             if encoded.labels is not None:
                 metrics[task] = task_metric(task, preds, np.asarray(encoded.labels))
             if out_dir is not None:
-                write_predictions(out_dir / f"{task}-{split}-output.csv", task, encoded.ids, preds)
+                path = out_dir / f"{task}-{split}-output.csv"
+                try:
+                    write_predictions(path, task, encoded.ids, preds)
+                except OSError as err:
+                    raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
+                                   "the previous file is kept") from None
         score = overall_score(metrics)
         if score is not None:
             metrics["overall"] = score
@@ -153,7 +161,9 @@ class Run:
 
 
 def _checkpoint_managers(run_dir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    # Orbax writes a checkpoint into a temporary directory and renames it when complete; one left by a kill or a
+    # failed write (a full disk) is removed when the managers are opened.
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True)
     return (
         ocp.CheckpointManager((run_dir / "checkpoints" / "latest").resolve(), options=options),
         ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options),
@@ -164,9 +174,25 @@ def _state_dict(state: TrainState) -> dict:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
+def _os_error(err: Exception) -> str | None:
+    """The operating system's reason for a failed write, or None if `err` is not one: tensorstore (orbax's
+    array writer) reports file errors such as a full disk as ValueError carrying the OS error code."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    return os.strerror(int(code.group(1))) if code else None
+
+
 def _save(manager: ocp.CheckpointManager, step: int, tree, meta: dict) -> None:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+    except (OSError, ValueError) as err:
+        reason = _os_error(err)
+        if reason is None:
+            raise
+        raise RunError(f"{manager.directory}: cannot write checkpoint {step} ({reason}); "
+                       "the previous checkpoint is kept") from None
 
 
 def _restore(manager: ocp.CheckpointManager, target) -> tuple:
@@ -181,25 +207,57 @@ class _InterruptFlag:
     """Turns SIGINT into a flag checked between steps, so a checkpoint is taken at a clean position."""
 
     def __init__(self):
-        import signal
-
         self.raised = False
-        self._signal = signal
         self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, *_):
         self.raised = True
 
     def restore(self):
-        self._signal.signal(self._signal.SIGINT, self._previous)
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _exit_interrupted(run_dir: Path, *_) -> None:
+    """SIGINT outside the training steps (set-up, final predictions): there is nothing to save, and every file is
+    written atomically or redone on resume, so the process ends at once, as after a kill. (Python's
+    KeyboardInterrupt would not do: raised inside a garbage-collection callback, it is printed and lost.)"""
+    hint = f"continue with --resume {run_dir}" if (run_dir / "config.json").exists() else "nothing was saved"
+    os.write(2, f"interrupted; {hint}\n".encode())
+    os._exit(130)
+
+
+def _trim_metrics(run_dir: Path, epochs: int) -> None:
+    """Keeps the metrics.jsonl lines of the first `epochs` epochs: a run killed after writing an epoch's line
+    but before saving its checkpoint repeats that epoch when resumed."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(path.read_text().splitlines(keepends=True)[:epochs]))
+        tmp.replace(path)
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
-    """Trains (or resumes) a run in `run_dir`; returns the best epoch's dev metrics ({} if interrupted)."""
+    """Trains (or resumes) a run in `run_dir`; returns the best epoch's dev metrics ({} if interrupted).
+
+    Ctrl-C during the training steps saves a checkpoint and returns; before or after them it ends the process
+    with exit code 130."""
+    previous = signal.signal(signal.SIGINT, functools.partial(_exit_interrupted, run_dir))
+    try:
+        return _train(config, run_dir, resume, quiet)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dict:
     enable_compilation_cache()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        config.to_json(run_dir / "config.json")
+        if (run_dir / "config.json").exists():
+            raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} "
+                           "or choose another --run-dir")
+        tmp = run_dir / "config.json.tmp"
+        config.to_json(tmp)
+        tmp.replace(run_dir / "config.json")
     run = Run(config, ensure_init_checkpoint(config.init_checkpoint))
     tx = make_optimizer(config)
     grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
@@ -209,9 +267,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
     position = {"epoch": 0, "next_step": 0, "global_step": 0, "best_overall": None, "best_epoch": None}
     if resume:
         if latest.latest_step() is None:
-            raise RunError(f"{run_dir}: no checkpoint to resume from")
-        tree, position = _restore(latest, _state_dict(state))
-        state = TrainState(**tree)
+            print(f"{run_dir}: no checkpoint yet, starting from the beginning")
+        else:
+            tree, position = _restore(latest, _state_dict(state))
+            state = TrainState(**tree)
+        _trim_metrics(run_dir, position["epoch"])
     interrupt = _InterruptFlag()
     try:
         for epoch in range(position["epoch"], config.epochs):
@@ -227,10 +287,15 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
             is_best = position["best_overall"] is None or score > position["best_overall"]
             if is_best:
                 position.update(best_overall=score, best_epoch=epoch)
-                _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
+                # A run killed between the two saves has saved this epoch's best checkpoint already.
+                if best.latest_step() != epoch:
+                    _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
             position.update(epoch=epoch + 1, next_step=0)
             _save(latest, position["global_step"], _state_dict(state), position)
             print(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
+            if interrupt.raised:
+                print(f"interrupted: checkpoint saved at the end of epoch {epoch}; continue with --resume {run_dir}")
+                return {}
     finally:
         interrupt.restore()
     return finish_run(run, run_dir, predict_fns)
@@ -250,12 +315,14 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
     # "rbg" keys: dropout masks from XLA's RngBitGenerator compile in half the time of threefry's and run faster.
     base_key = jax.random.key(config.seed, impl="rbg")
     totals = position.setdefault("totals", _fresh_totals(tasks))
-    pending, pcgrad_sums = [], None
+    pending, pcgrad_stats = [], []
     start, first_step, stop = time.perf_counter(), position["next_step"], False
 
     def flush():
         # Fetching losses waits for the devices: done every 10 steps, before a checkpoint and at the end.
-        nonlocal pending, pcgrad_sums
+        # Every value is added on the host in step order, so the sums do not depend on where flushes fall
+        # (a resumed epoch flushes at other steps).
+        nonlocal pending, pcgrad_stats
         for step, task, loss, weight in pending:
             if not np.isfinite(float(loss)):
                 raise RunError(f"the {task} loss is {float(loss)} at step {step}: training stopped "
@@ -263,11 +330,10 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
             if weight > 0:
                 totals["loss"][task] += float(loss)
                 totals["loss_steps"][task] += 1
-        if pcgrad_sums is not None:
-            conflicts, cosine = jax.device_get(pcgrad_sums)
+        for conflicts, cosine in jax.device_get(pcgrad_stats):
             totals["conflicts"] += float(conflicts)
             totals["cosine"] = (np.asarray(totals["cosine"]) + cosine).tolist()
-        pending, pcgrad_sums = [], None
+        pending, pcgrad_stats = [], []
 
     bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet)
     for batches in run.train_steps(epoch, first_step):
@@ -280,13 +346,14 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
             pending.append((global_step, task, loss, float(np.asarray(batches[task]["weights"]).sum())))
         state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(tasks)))
         if stats:
-            step_sums = (stats["num_conflicts"], stats["cosine"])
-            pcgrad_sums = step_sums if pcgrad_sums is None else jax.tree_util.tree_map(jnp.add, pcgrad_sums, step_sums)
+            pcgrad_stats.append((stats["num_conflicts"], stats["cosine"]))
         totals["examples"] += int(sum(p[3] for p in pending[-len(tasks):]))
         totals["steps"] += 1
         position.update(next_step=position["next_step"] + 1, global_step=global_step + 1)
         bar.update(1)
-        stop = interrupt.raised  # read once: a signal between two reads must not skip the checkpoint
+        # Read once: a signal between two reads must not skip the checkpoint. After the epoch's last step the
+        # epoch is finished instead (train() checks the flag again after the end-of-epoch checkpoint).
+        stop = interrupt.raised and position["next_step"] < steps
         checkpoint_due = config.save_every_steps and position["global_step"] % config.save_every_steps == 0
         if len(pending) >= 10 * len(tasks) or checkpoint_due or stop or position["next_step"] == steps:
             flush()

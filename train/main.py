@@ -15,7 +15,10 @@ def _resumed_config(run_dir: Path, argv) -> TrainConfig:
     """The run's saved config; a flag given with --resume must agree with it."""
     if not (run_dir / "config.json").exists():
         raise RunError(f"--resume {run_dir}: not a run directory (no config.json)")
-    saved = TrainConfig.from_json(run_dir / "config.json")
+    try:
+        saved = TrainConfig.from_json(run_dir / "config.json")
+    except (ValueError, TypeError, KeyError) as err:
+        raise RunError(f"--resume {run_dir}: config.json does not hold a run's settings ({err})") from None
     given, _ = parse_args([a for a in argv if not a.startswith("--resume") and a != str(run_dir)])
     explicit = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     conflicts = [
