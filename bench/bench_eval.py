@@ -71,12 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     from train.evaluate import make_predict_fns
     from train.model import MultitaskBert
 
-    torch.set_num_threads(args.threads or common.num_cores())
-    if not args.no_compile_cache:
-        from train.loop import enable_compilation_cache
-
-        enable_compilation_cache(common.REPO / ".cache" / "jax")
-    load_before = common.load_average()
+    load_before = common.start_comparison(args.threads, not args.no_compile_cache)
     preset = None if args.preset in ("none", "") else args.preset
     tasks = tuple(t for t in args.tasks.split(",") if t)
     run = common.load_run(preset, args.init_checkpoint, 32, eval_batch_size=args.eval_batch_size, tasks=tasks)

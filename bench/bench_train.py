@@ -326,12 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    torch.set_num_threads(args.threads or common.num_cores())
-    if not args.no_compile_cache:
-        from train.loop import enable_compilation_cache
-
-        enable_compilation_cache(common.REPO / ".cache" / "jax")
-    load_before = common.load_average()
+    load_before = common.start_comparison(args.threads, not args.no_compile_cache)
     preset = None if args.preset in ("none", "") else args.preset
     run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout)
     steps = load_steps(run, args.steps, args.start_step)

@@ -139,6 +139,19 @@ def _json_default(value):
 # --------------------------------------------------------------------------- set-up
 
 
+def start_comparison(threads: int, compile_cache: bool) -> list[float]:
+    """Shared set-up of the JAX-vs-PyTorch scripts: torch threads (default: the cores XLA uses), the
+    project's persistent XLA compilation cache (as training uses it), and the load average before."""
+    import torch
+
+    torch.set_num_threads(threads or num_cores())
+    if compile_cache:
+        from train.loop import enable_compilation_cache
+
+        enable_compilation_cache(REPO / ".cache" / "jax")
+    return load_average()
+
+
 def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dropout: bool = False, **overrides):
     """A train.loop.Run for a preset (or the defaults), with the given batch size.
 
