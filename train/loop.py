@@ -134,30 +134,46 @@ class Run:
         params = {**init(jax.random.key(self.config.seed)), "bert": self.encoder_params}
         return jax.device_put(params, self.replicated)
 
-    def evaluate(self, params, predict_fns, split: str, out_dir: Path | None = None) -> dict[str, float]:
-        """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
-        metrics = {}
+    def predict(self, params, predict_fns, split: str) -> dict[str, np.ndarray]:
+        """Per task, predictions for every example of `split`, in file order."""
+        preds = {}
         for task in self.config.tasks:
             data = self.data[task]
-            encoded = data.split(split)
             batches = (
                 input_pipeline.shard_batch(b, self.mesh)
                 for b in data.eval_batches(split, self.config.eval_batch_size)
             )
-            preds = predict_split(predict_fns[task], params, batches, len(encoded))
-            if encoded.labels is not None:
-                metrics[task] = task_metric(task, preds, np.asarray(encoded.labels))
-            if out_dir is not None:
-                path = out_dir / f"{task}-{split}-output.csv"
-                try:
-                    write_predictions(path, task, encoded.ids, preds)
-                except OSError as err:
-                    raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
-                                   "the previous file is kept") from None
+            preds[task] = predict_split(predict_fns[task], params, batches, len(data.split(split)))
+        return preds
+
+    def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics of `preds` for the tasks whose `split` has labels, and the overall score."""
+        metrics = {}
+        for task, task_preds in preds.items():
+            labels = self.data[task].split(split).labels
+            if labels is not None:
+                metrics[task] = task_metric(task, task_preds, np.asarray(labels))
         score = overall_score(metrics)
         if score is not None:
             metrics["overall"] = score
         return metrics
+
+    def write_predictions(self, split: str, preds: dict[str, np.ndarray], out_dir: Path) -> None:
+        """Writes `{task}-{split}-output.csv` files into `out_dir`."""
+        for task, task_preds in preds.items():
+            path = out_dir / f"{task}-{split}-output.csv"
+            try:
+                write_predictions(path, task, self.data[task].split(split).ids, task_preds)
+            except OSError as err:
+                raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
+                               "the previous file is kept") from None
+
+    def evaluate(self, params, predict_fns, split: str, out_dir: Path | None = None) -> dict[str, float]:
+        """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
+        preds = self.predict(params, predict_fns, split)
+        if out_dir is not None:
+            self.write_predictions(split, preds, out_dir)
+        return self.score(split, preds)
 
 
 def _checkpoint_managers(run_dir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
@@ -280,13 +296,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                 print(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
                       f"continue with --resume {run_dir}")
                 return {}
-            dev = run.evaluate(state.params, predict_fns, "dev")
+            dev_preds = run.predict(state.params, predict_fns, "dev")
+            dev = run.score("dev", dev_preds)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, **epoch_stats, "dev": dev}) + "\n")
             score = dev.get("overall", -np.inf)
             is_best = position["best_overall"] is None or score > position["best_overall"]
             if is_best:
                 position.update(best_overall=score, best_epoch=epoch)
+                # Written before the best checkpoint: a kill in between repeats the epoch, which writes them again.
+                run.write_predictions("dev", dev_preds, run_dir / "predictions")
                 # A run killed between the two saves has saved this epoch's best checkpoint already.
                 if best.latest_step() != epoch:
                     _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
@@ -424,10 +443,13 @@ def _best_params(run_dir: Path, params_target):
 
 
 def finish_run(run: Run, run_dir: Path, predict_fns) -> dict:
-    """With the best epoch's parameters: writes dev/test predictions, best_encoder/ and curves.png."""
+    """With the best epoch's parameters: writes test predictions (and dev ones if the best epoch did not),
+    best_encoder/ and curves.png."""
     params, meta = _best_params(run_dir, run.init_params())
-    for split in ("dev", "test"):
-        run.evaluate(params, predict_fns, split, run_dir / "predictions")
+    out_dir = run_dir / "predictions"
+    dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
+    for split in ("test",) if dev_written else ("dev", "test"):
+        run.evaluate(params, predict_fns, split, out_dir)
     save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
                     run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
     plot_curves(run_dir)
