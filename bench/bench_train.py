@@ -67,7 +67,17 @@ class JaxTrainer:
             grads.append(task_grads)
         self.state, _ = self.update(self.state, tuple(grads), jax.random.fold_in(key, len(self.tasks)))
         jax.block_until_ready(self.state.params)
+        self.last_grads = tuple(grads)
         self.count += 1
+
+    def time_update(self) -> float:
+        """Seconds of one update (combination + AdamW) on the last step's gradients, alone."""
+        import jax
+
+        start = time.perf_counter()
+        self.state, _ = self.update(self.state, self.last_grads, jax.random.fold_in(self.base_key, self.count))
+        jax.block_until_ready(self.state.params)
+        return time.perf_counter() - start
 
 
 def jax_losses(model, config, params, batches: dict) -> dict[str, float]:
@@ -193,10 +203,12 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
 
     variants: dict[str, tuple] = {}  # name -> (step function, kind, framework)
     notes = {}
-    variants["jax sum"] = (JaxTrainer(run, summed, model, params, grad_fns, args.prng).step, "sum", "jax")
+    jax_trainers = {"sum": JaxTrainer(run, summed, model, params, grad_fns, args.prng)}
     if not args.no_pcgrad:
         pcgrad = dataclasses.replace(run.config, pcgrad=True)
-        variants["jax pcgrad"] = (JaxTrainer(run, pcgrad, model, params, grad_fns, args.prng).step, "pcgrad", "jax")
+        jax_trainers["pcgrad"] = JaxTrainer(run, pcgrad, model, params, grad_fns, args.prng)
+    for kind, trainer in jax_trainers.items():
+        variants[f"jax {kind}"] = (trainer.step, kind, "jax")
     check = {}
     if not args.skip_torch:
         bf16 = dtype_name == "bfloat16"
@@ -264,6 +276,16 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
             if name in variants and name not in failed:
                 timed(name, i, record=True)
 
+    if len(jax_trainers) == 2:
+        # Both JAX variants run the same gradient programs, so the step times differ by the update alone:
+        # timed here interleaved on the same gradients, it gives the PCGrad overhead free of the load noise
+        # that the step times carry.
+        update_s = {kind: [] for kind in jax_trainers}
+        for _ in range(args.update_repeats):
+            for kind, trainer in jax_trainers.items():
+                update_s[kind].append(trainer.time_update())
+        notes["update_ms_median"] = {kind: 1000 * float(np.median(t)) for kind, t in update_s.items()}
+
     real_tokens = sum(int(t["real"].sum()) for t in tokens)
     examples = sum(t["examples"] for t in tokens)
     real_flops = sum(common.encoder_flops(run.bert_config, t["real"]) for t in tokens)
@@ -296,6 +318,9 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
         if r["kind"] == "pcgrad":
             summed_row = by_name.get(r["name"].replace("pcgrad", "sum"))
             r["pcgrad_over_sum"] = r["seconds"] / summed_row["seconds"] if summed_row else None
+            if summed_row and "update_ms_median" in notes and r["framework"] == "jax":
+                extra_ms = notes["update_ms_median"]["pcgrad"] - notes["update_ms_median"]["sum"]
+                r["pcgrad_over_sum_by_update"] = 1 + extra_ms / summed_row["step_ms_median"]
     notes["failed"] = failed
     notes["loss_check"] = check
     return rows, notes
@@ -321,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not use the project's persistent XLA compilation cache (.cache/jax), as training "
                              "does: the warm-up then measures cold compilation")
+    parser.add_argument("--update-repeats", type=int, default=20,
+                        help="interleaved timings of the JAX updates alone (summed vs PCGrad) on the same gradients")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -360,6 +387,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"JAX {dtype_name} warm-up: {n['jax_grad_shapes']} task shapes through the gradient functions in "
               f"{n['jax_grad_warmup_s']:.1f} s (compilation cache {cache}); the warm-up column is the first step "
               f"(JAX: update compilation)")
+        if "update_ms_median" in n:
+            ms = n["update_ms_median"]
+            by_update = next(r["pcgrad_over_sum_by_update"] for r in rows
+                             if r["dtype"] == dtype_name and "pcgrad_over_sum_by_update" in r)
+            print(f"JAX {dtype_name} update alone (median of {args.update_repeats}, same gradients): summed "
+                  f"{ms['sum']:.1f} ms, PCGrad {ms['pcgrad']:.1f} ms; PCGrad/sum step time from the update "
+                  f"difference over the summed step: {by_update:.3f}")
         for task, c in n["loss_check"].items():
             print(f"loss check {dtype_name} {task}: jax {c['jax']:.6f} torch {c['torch']:.6f} |diff| {c['abs_diff']:.2e}")
         for name, why in n["failed"].items():

@@ -79,6 +79,16 @@ def test_bench_eval_tiny(tiny_checkpoint):
     assert result["all"]["jax_sentences_per_s"] > 0 and result["all"]["torch_sentences_per_s"] > 0
 
 
+def test_bench_pipeline_tiny(tiny_checkpoint, small_task_data):
+    result = run_script("bench_pipeline.py", "--init-checkpoint", str(tiny_checkpoint), "--epochs", "1",
+                        "--train-steps", "1", "--data-dir", str(small_task_data))
+    pipeline, training = result["pipeline"], result["training"]
+    assert pipeline["steps"] > 0 and training["steps"] == 1
+    assert set(pipeline["padding_ratio"]) == {"sst", "quora", "sts"}
+    assert all(ratio >= 1.0 for ratio in pipeline["padding_ratio"].values())
+    assert result["pipeline_over_training"] == round(pipeline["examples_per_s"] / training["examples_per_s"], 1)
+
+
 def test_bench_memory_tiny(tiny_checkpoint, small_task_data):
     result = run_script("bench_memory.py", "--init-checkpoint", str(tiny_checkpoint), "--tasks", "sst",
                         "--samples-per-task", "32", "--preset", "none", "--splits", "dev",
