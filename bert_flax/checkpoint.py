@@ -59,6 +59,14 @@ def _check_vocab(vocab_file: Path, config: BertConfig) -> None:
         )
 
 
+def _local_checkpointer() -> ocp.StandardCheckpointer:
+    # Host (numpy) arrays, read or written by this process alone: in a multi-process run orbax would otherwise
+    # wait for every process at a barrier.
+    this = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=this, active_processes={this}))
+
+
 def save_pretrained(out_dir: str | Path, config: BertConfig, params, vocab_file: str | Path, lowercase: bool) -> Path:
     """Writes a checkpoint directory (see module docstring); replaces an existing one."""
     out_dir = Path(out_dir).resolve()
@@ -71,7 +79,7 @@ def save_pretrained(out_dir: str | Path, config: BertConfig, params, vocab_file:
     (out_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lowercase}) + "\n")
     if (out_dir / "params").exists():
         shutil.rmtree(out_dir / "params")
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _local_checkpointer()
     checkpointer.save(out_dir / "params", jax.tree_util.tree_map(np.asarray, params))
     checkpointer.wait_until_finished()
     return out_dir
@@ -99,7 +107,7 @@ def from_pretrained(checkpoint_dir: str | Path, dtype=jnp.float32):
     _check_vocab(checkpoint_dir / "vocab.txt", config)
     if not (checkpoint_dir / "params").is_dir():
         raise CheckpointError(f"{checkpoint_dir}: no params/ (orbax parameters) in checkpoint directory")
-    params = ocp.StandardCheckpointer().restore(checkpoint_dir / "params")
+    params = _local_checkpointer().restore(checkpoint_dir / "params")
     check_params(params, config, str(checkpoint_dir))
     return BertModel(config, dtype=dtype), params
 

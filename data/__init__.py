@@ -18,6 +18,7 @@ from data.input_pipeline import (
     data_mesh,
     default_tokenizer,
     encode_split,
+    place,
     prefetch_to_device,
     shard_batch,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "encode_split",
     "get_builder",
     "load_split",
+    "place",
     "prefetch_to_device",
     "read_rows",
     "shard_batch",

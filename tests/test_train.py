@@ -78,7 +78,7 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     tx = make_optimizer(config)
     state = init_state(run.init_params(), tx)
     before = jax.device_get(state.params)
-    batches = next(run.train_steps(0))
+    batches, _ = next(run.train_steps(0))
     grad_fns = make_grad_fns(run.model, config)
     losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg")) for i, t in enumerate(config.tasks)))
     state, stats = make_update(config, tx)(state, tuple(grads), jax.random.key(9))
@@ -132,6 +132,16 @@ def test_run_writes_every_output(finished_run):
             assert example_id and float(prediction) >= 0
     assert (finished_run / "curves.png").stat().st_size > 1000
     assert (finished_run / "best_encoder" / "params").is_dir()
+
+
+def test_single_task_cfimdb_run_predicts_dev_only(tiny_encoder, small_data, tmp_path):
+    # The shipped CFIMDB data has train and dev files and no test file.
+    argv = ["--tasks", "cfimdb", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--epochs", "1",
+            "--samples-per-task", "16", "--batch-size", "8", "--eval-batch-size", "32", "--max-length", "32",
+            "--num-buckets", "2", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert main.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == ["cfimdb-dev-output.csv"]
+    assert set(read_metrics(tmp_path / "run")[0]["dev"]) == {"cfimdb", "overall"}
 
 
 def test_dev_predictions_reproduce_the_best_metrics(finished_run):
@@ -212,7 +222,7 @@ from train.step import init_state, make_grad_fns, make_optimizer
 config = TrainConfig(**json.loads(sys.argv[1]))
 run = loop.Run(config, config.init_checkpoint)
 state = init_state(run.init_params(), make_optimizer(config))
-batches = next(run.train_steps(0))
+batches, _ = next(run.train_steps(0))
 grad_fns = make_grad_fns(run.model, config)
 print(json.dumps({"devices": jax.device_count(), "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0]) for t in config.tasks]}))
 """

@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="default: runs/<time>-<preset or custom>")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
+    launch = p.add_argument_group("multi-process (multi-host) runs: the same command in every process; the run "
+                                  "directory on a file system they share")
+    launch.add_argument("--distributed", action="store_true",
+                        help="join the other processes of a cluster job (SLURM, Open MPI, Kubernetes, Cloud TPU: "
+                             "detected by jax.distributed.initialize)")
+    launch.add_argument("--coordinator-address", metavar="HOST:PORT",
+                        help="join by hand: process 0's address, the same in every process (with --num-processes "
+                             "and --process-id)")
+    launch.add_argument("--num-processes", type=int)
+    launch.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
     return p
 
 

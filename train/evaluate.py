@@ -9,7 +9,11 @@ from typing import Callable, Iterable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from scipy.stats import pearsonr
+
+from data.input_pipeline import shard_batch
 
 from .config import TrainConfig
 from .losses import predictions
@@ -35,12 +39,14 @@ def make_predict_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Cal
     return {task: jax.jit(lambda p, b, task=task: predict(p, b, task)) for task in config.tasks}
 
 
-def predict_split(predict_fn: Callable, params, batches: Iterable[dict], size: int) -> np.ndarray:
-    """Runs `predict_fn` over eval batches and returns predictions in file order."""
+def predict_split(predict_fn: Callable, params, batches: Iterable[dict], size: int, mesh: Mesh) -> np.ndarray:
+    """Runs `predict_fn` over host eval batches, each placed on `mesh`, and returns the predictions in file
+    order (gathered from every process in a multi-process run)."""
     out = None
     for batch in batches:
         index = np.asarray(batch["index"])
-        values = np.asarray(predict_fn(params, {k: v for k, v in batch.items() if k != "index"}))
+        placed = shard_batch({k: v for k, v in batch.items() if k != "index"}, mesh)
+        values = multihost_utils.process_allgather(predict_fn(params, placed), tiled=True)
         if out is None:
             out = np.zeros(size, values.dtype)
         real = index >= 0

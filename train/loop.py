@@ -12,6 +12,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -29,9 +30,10 @@ from tqdm import tqdm
 
 from bert_flax import CheckpointError, Tokenizer, from_pretrained, save_pretrained
 from data import input_pipeline
-from data.tasks import DataError
+from data.tasks import FAMILIES, DataError
 
 from .config import TASKS, TrainConfig
+from .distributed import barrier, is_main_process, main_process_first
 from .evaluate import make_predict_fns, overall_score, predict_split, task_metric, write_predictions
 from .model import MultitaskBert
 from .step import TrainState, init_state, make_grad_fns, make_optimizer, make_update
@@ -120,30 +122,39 @@ class Run:
         )
 
     def train_steps(self, epoch: int, start_step: int = 0):
-        """The epoch's steps from `start_step`, on the devices, as {task: batch}."""
+        """The epoch's steps from `start_step` as ({task: batch on the devices}, {task: real examples})."""
         families = {TASKS[t]: t for t in self.config.tasks}
-        steps = self.stream().epoch(epoch, start_step)
+        # Counted on the host as the batches are built: the device arrays may span other processes.
+        examples = collections.deque()
+
+        def counted(steps):
+            for batches in steps:
+                examples.append({families[name]: int(b["weights"].sum()) for name, b in batches.items()})
+                yield batches
+
+        steps = counted(self.stream().epoch(epoch, start_step))
         for batches in input_pipeline.prefetch_to_device(steps, self.mesh):
-            yield {families[name]: batch for name, batch in batches.items()}
+            yield {families[name]: batch for name, batch in batches.items()}, examples.popleft()
 
     def init_params(self):
         """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
         examples = {t: _placeholder_batch(2 if t in ("para", "sts") and self.config.pair_encoding == "bi" else 1)
                     for t in self.config.tasks}
-        init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"])
-        params = {**init(jax.random.key(self.config.seed)), "bert": self.encoder_params}
-        return jax.device_put(params, self.replicated)
+        init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"],
+                       out_shardings=self.replicated)
+        return {**init(jax.random.key(self.config.seed)),
+                "bert": input_pipeline.place(self.encoder_params, self.replicated)}
 
     def predict(self, params, predict_fns, split: str) -> dict[str, np.ndarray]:
-        """Per task, predictions for every example of `split`, in file order."""
+        """Per task that has the split (CFIMDB ships no test file), predictions for every example of `split`,
+        in file order."""
         preds = {}
         for task in self.config.tasks:
+            if split not in FAMILIES[TASKS[task]].files:
+                continue
             data = self.data[task]
-            batches = (
-                input_pipeline.shard_batch(b, self.mesh)
-                for b in data.eval_batches(split, self.config.eval_batch_size)
-            )
-            preds[task] = predict_split(predict_fns[task], params, batches, len(data.split(split)))
+            batches = data.eval_batches(split, self.config.eval_batch_size)
+            preds[task] = predict_split(predict_fns[task], params, batches, len(data.split(split)), self.mesh)
         return preds
 
     def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -159,7 +170,9 @@ class Run:
         return metrics
 
     def write_predictions(self, split: str, preds: dict[str, np.ndarray], out_dir: Path) -> None:
-        """Writes `{task}-{split}-output.csv` files into `out_dir`."""
+        """Writes `{task}-{split}-output.csv` files into `out_dir` (from the main process)."""
+        if not is_main_process():
+            return
         for task, task_preds in preds.items():
             path = out_dir / f"{task}-{split}-output.csv"
             try:
@@ -174,6 +187,12 @@ class Run:
         if out_dir is not None:
             self.write_predictions(split, preds, out_dir)
         return self.score(split, preds)
+
+
+def _say(message: str) -> None:
+    """Prints from the main process only (one line per event in a multi-process run)."""
+    if is_main_process():
+        print(message)
 
 
 def _checkpoint_managers(run_dir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
@@ -271,10 +290,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
         if (run_dir / "config.json").exists():
             raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} "
                            "or choose another --run-dir")
-        tmp = run_dir / "config.json.tmp"
-        config.to_json(tmp)
-        tmp.replace(run_dir / "config.json")
-    run = Run(config, ensure_init_checkpoint(config.init_checkpoint))
+        barrier("run directory checked")  # before the main process writes config.json
+        if is_main_process():
+            tmp = run_dir / "config.json.tmp"
+            config.to_json(tmp)
+            tmp.replace(run_dir / "config.json")
+    run = Run(config, main_process_first("init checkpoint", lambda: ensure_init_checkpoint(config.init_checkpoint)))
+    main_process_first("task data", lambda: run.data)
     tx = make_optimizer(config)
     grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
     predict_fns = make_predict_fns(run.model, config)
@@ -283,23 +305,25 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
     position = {"epoch": 0, "next_step": 0, "global_step": 0, "best_overall": None, "best_epoch": None}
     if resume:
         if latest.latest_step() is None:
-            print(f"{run_dir}: no checkpoint yet, starting from the beginning")
+            _say(f"{run_dir}: no checkpoint yet, starting from the beginning")
         else:
             tree, position = _restore(latest, _state_dict(state))
             state = TrainState(**tree)
-        _trim_metrics(run_dir, position["epoch"])
+        if is_main_process():
+            _trim_metrics(run_dir, position["epoch"])
     interrupt = _InterruptFlag()
     try:
         for epoch in range(position["epoch"], config.epochs):
             state, epoch_stats = _run_epoch(run, epoch, state, position, grad_fns, update, latest, interrupt, quiet)
             if epoch_stats is None:
-                print(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
+                _say(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
                       f"continue with --resume {run_dir}")
                 return {}
             dev_preds = run.predict(state.params, predict_fns, "dev")
             dev = run.score("dev", dev_preds)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"epoch": epoch, **epoch_stats, "dev": dev}) + "\n")
+            if is_main_process():
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"epoch": epoch, **epoch_stats, "dev": dev}) + "\n")
             score = dev.get("overall", -np.inf)
             is_best = position["best_overall"] is None or score > position["best_overall"]
             if is_best:
@@ -311,9 +335,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                     _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
             position.update(epoch=epoch + 1, next_step=0)
             _save(latest, position["global_step"], _state_dict(state), position)
-            print(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
+            _say(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
             if interrupt.raised:
-                print(f"interrupted: checkpoint saved at the end of epoch {epoch}; continue with --resume {run_dir}")
+                _say(f"interrupted: checkpoint saved at the end of epoch {epoch}; continue with --resume {run_dir}")
                 return {}
     finally:
         interrupt.restore()
@@ -354,15 +378,15 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
             totals["cosine"] = (np.asarray(totals["cosine"]) + cosine).tolist()
         pending, pcgrad_stats = [], []
 
-    bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet)
-    for batches in run.train_steps(epoch, first_step):
+    bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet or not is_main_process())
+    for batches, examples in run.train_steps(epoch, first_step):
         global_step = position["global_step"]
         key = jax.random.fold_in(base_key, global_step)
         grads = []
         for i, task in enumerate(tasks):
             loss, task_grads = grad_fns[task](state.params, batches[task], jax.random.fold_in(key, i))
             grads.append(task_grads)
-            pending.append((global_step, task, loss, float(np.asarray(batches[task]["weights"]).sum())))
+            pending.append((global_step, task, loss, examples[task]))
         state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(tasks)))
         if stats:
             pcgrad_stats.append((stats["num_conflicts"], stats["cosine"]))
@@ -403,7 +427,7 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
         }
     del position["totals"]
     if quiet:
-        print(f"epoch {epoch}: {totals['steps']} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
+        _say(f"epoch {epoch}: {totals['steps']} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
               + f", {result['examples_per_s']:.1f} examples/s")
     return state, result
 
@@ -450,9 +474,10 @@ def finish_run(run: Run, run_dir: Path, predict_fns) -> dict:
     dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
     for split in ("test",) if dev_written else ("dev", "test"):
         run.evaluate(params, predict_fns, split, out_dir)
-    save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
-                    run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
-    plot_curves(run_dir)
+    if is_main_process():
+        save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
+                        run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
+        plot_curves(run_dir)
     return meta["dev"]
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .config import ConfigError, TrainConfig, build_parser, parse_args
 from .loop import RunError, train
 
@@ -32,23 +33,38 @@ def _resumed_config(run_dir: Path, argv) -> TrainConfig:
     return saved
 
 
+def _join_processes(args) -> None:
+    by_hand = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in by_hand) and None in by_hand:
+        raise ConfigError("--coordinator-address, --num-processes and --process-id go together")
+    if args.distributed or by_hand[0] is not None:
+        try:
+            distributed.initialize(*by_hand)
+        except (RuntimeError, ValueError) as err:
+            raise RunError(f"cannot join the other processes: {err}") from None
+
+
 def main(argv=None) -> int:
     """Parses flags, then trains (or resumes) a run; user errors print one line and exit 1."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         config, args = parse_args(argv)
+        _join_processes(args)
+        if distributed.process_count() > 1 and not (args.run_dir or args.resume):
+            raise ConfigError("a multi-process run needs --run-dir (the same directory in every process)")
         if args.resume:
             run_dir = Path(args.resume)
             config = _resumed_config(run_dir, argv)
         else:
             name = config.preset or "custom"
             run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}")
-        print(f"run directory: {run_dir}")
+        if distributed.is_main_process():
+            print(f"run directory: {run_dir}")
         metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if metrics:
+    if metrics and distributed.is_main_process():
         print("best dev: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
 
