@@ -14,6 +14,7 @@ from tests.conftest import SMALL_ROWS
 from tests.helpers import DATA_DIR, REPO
 from train import config as train_config
 from train import evaluate, loop, main, predict
+from train.step import make_update
 from train.config import PRESETS, TrainConfig
 
 def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
@@ -142,6 +143,14 @@ def test_single_task_cfimdb_run_predicts_dev_only(tiny_encoder, small_data, tmp_
     assert main.main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == ["cfimdb-dev-output.csv"]
     assert set(read_metrics(tmp_path / "run")[0]["dev"]) == {"cfimdb", "overall"}
+
+
+def test_the_update_compiles_once_per_run(tiny_encoder, small_data, tmp_path, monkeypatch):
+    updates = []
+    monkeypatch.setattr(loop, "make_update", lambda *args: updates.append(make_update(*args)) or updates[-1])
+    config = tiny_config(tiny_encoder, small_data, epochs=1, samples_per_task=24)
+    loop.train(config, tmp_path / "run", quiet=True)
+    assert len(updates) == 1 and updates[0]._cache_size() == 1
 
 
 def test_dev_predictions_reproduce_the_best_metrics(finished_run):

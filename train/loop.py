@@ -300,7 +300,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
     tx = make_optimizer(config)
     grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
     predict_fns = make_predict_fns(run.model, config)
-    state = init_state(run.init_params(), tx)
+    # Every leaf replicated (the step counters too): the update's output shardings then match its inputs and it
+    # compiles once, not again at the second step.
+    state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=run.replicated)(run.init_params())
     latest, best = _checkpoint_managers(run_dir)
     position = {"epoch": 0, "next_step": 0, "global_step": 0, "best_overall": None, "best_epoch": None}
     if resume:
