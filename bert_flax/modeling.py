@@ -72,17 +72,19 @@ class BertSelfAttention(nn.Module):
         head_dim = cfg.hidden_size // heads
 
         def split_heads(x):
-            return x.reshape(x.shape[:-1] + (heads, head_dim))
+            # (batch, heads, length, head_dim): with the heads leading, the two attention products are plain
+            # batched matrix products; XLA:CPU runs them about twice as fast as with the heads in the middle.
+            return x.reshape(x.shape[:-1] + (heads, head_dim)).transpose(0, 2, 1, 3)
 
         query = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "query")(hidden))
         key = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "key")(hidden))
         value = split_heads(_dense(cfg.hidden_size, cfg, self.dtype, "value")(hidden))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32 even when computing in bfloat16.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1).astype(self.dtype)
         if not deterministic and cfg.attention_probs_dropout_prob > 0:
             probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs, value).transpose(0, 2, 1, 3)
         return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
 
 
