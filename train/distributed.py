@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import jax
+import numpy as np
 
-__all__ = ["initialize", "process_count", "is_main_process", "barrier", "main_process_first"]
+__all__ = ["initialize", "process_count", "is_main_process", "barrier", "main_process_first", "any_process"]
 
 T = TypeVar("T")
 
@@ -53,3 +54,13 @@ def main_process_first(name: str, fn: Callable[[], T]) -> T:
         return result
     barrier(name)
     return fn()
+
+
+def any_process(flag: bool) -> bool:
+    """True if `flag` is true in any process: a decision every process then takes at the same point (such as
+    stopping at a Ctrl-C that reached only some of them)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.array(flag)).any())

@@ -33,7 +33,7 @@ from data import input_pipeline
 from data.tasks import FAMILIES, DataError
 
 from .config import TASKS, TrainConfig
-from .distributed import barrier, is_main_process, main_process_first
+from .distributed import any_process, barrier, is_main_process, main_process_first
 from .evaluate import make_predict_fns, overall_score, predict_split, task_metric, write_predictions
 from .model import MultitaskBert
 from .step import TrainState, init_state, make_grad_fns, make_optimizer, make_update
@@ -338,7 +338,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
             position.update(epoch=epoch + 1, next_step=0)
             _save(latest, position["global_step"], _state_dict(state), position)
             _say(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
-            if interrupt.raised:
+            if any_process(interrupt.raised):
                 _say(f"interrupted: checkpoint saved at the end of epoch {epoch}; continue with --resume {run_dir}")
                 return {}
     finally:
@@ -398,7 +398,7 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
         bar.update(1)
         # Read once: a signal between two reads must not skip the checkpoint. After the epoch's last step the
         # epoch is finished instead (train() checks the flag again after the end-of-epoch checkpoint).
-        stop = interrupt.raised and position["next_step"] < steps
+        stop = any_process(interrupt.raised) and position["next_step"] < steps
         checkpoint_due = config.save_every_steps and position["global_step"] % config.save_every_steps == 0
         if len(pending) >= 10 * len(tasks) or checkpoint_due or stop or position["next_step"] == steps:
             flush()
