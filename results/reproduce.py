@@ -33,8 +33,12 @@ ROWS = {
     "cosine-pcgrad": (["--preset", "cosine-pcgrad"], dict(sst=0.511, para=0.735, sts=0.583, overall=0.679)),
     "cosine-pcgrad-mean": (["--preset", "cosine-pcgrad-mean"], dict(sst=0.499, para=0.726, sts=0.798, overall=0.708)),
     "cosfeat-pcgrad-mean": (["--preset", "cosfeat-pcgrad-mean"], dict(sst=0.526, para=0.726, sts=0.795, overall=0.716)),
-    # Beyond the reference: the best row's setup at a learning rate suited to the small model.
+    # Beyond the reference: the best row's setup at learning rates suited to the small model, and pairs
+    # cross-encoded (one [CLS] a [SEP] b [SEP] sequence) with the scaled STS target.
     "cosfeat-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--lr", "5e-5"], {}),
+    "cosfeat-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4"], {}),
+    "cross-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
+                                  "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
