@@ -6,7 +6,7 @@
     python results/reproduce.py --summarize-only
 
 Each row is `python -m train.main` with the flags in ROWS plus the shared budget flags; its run
-directory is results/runs/<row>. A finished row is not run again. The summary writes
+directory is results/runs/<row>. A finished row is not run again; a stopped one is resumed. The summary writes
 results/README.md (the table), results/rows.png, results/best/ (curves and test predictions of
 the best multi-task row) and copies each row's config.json, metrics.jsonl and predictions/ into
 results/<row>/.
@@ -63,13 +63,17 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str]) -> 
     if (run_dir / "run.json").exists():
         print(f"{name}: done already ({run_dir})")
         return
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     argv = [sys.executable, "-m", "train.main", *ROWS[name][0], *budget, "--run-dir", str(run_dir), "--quiet"]
-    print(f"{name}: {' '.join(argv[1:])}", flush=True)
+    resumed = (run_dir / "config.json").exists()  # a row stopped before it finished continues
+    if run_dir.exists() and not resumed:
+        shutil.rmtree(run_dir)
+    command = [sys.executable, "-m", "train.main", "--resume", str(run_dir), "--quiet"] if resumed else argv
+    print(f"{name}: {' '.join(command[1:])}", flush=True)
     start = time.time()
-    subprocess.run(argv, cwd=REPO, check=True)
+    subprocess.run(command, cwd=REPO, check=True)
     info = {"argv": argv[1:], "wall_time_s": round(time.time() - start, 1), "commit": git_commit()}
+    if resumed:
+        info["resumed"] = True  # the wall time is that of the resumed part
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
