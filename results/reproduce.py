@@ -39,6 +39,7 @@ ROWS = {
     "cosfeat-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4"], {}),
     "cross-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
+    "cosfeat-pcgrad-mean-lr1e-4-3-epochs": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4", "--epochs", "3"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
@@ -49,9 +50,11 @@ SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 
 
 def git_commit() -> str:
-    """The commit the runs are made from (with '+dirty' when the tree has changes)."""
+    """The commit the runs are made from (with '+dirty' when the tree has changes outside results/, whose files
+    the summary itself rewrites)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                           cwd=REPO, capture_output=True, text=True).stdout
     return commit + ("+dirty" if dirty.strip() else "")
 
 
@@ -63,7 +66,8 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str]) -> 
     if (run_dir / "run.json").exists():
         print(f"{name}: done already ({run_dir})")
         return
-    argv = [sys.executable, "-m", "train.main", *ROWS[name][0], *budget, "--run-dir", str(run_dir), "--quiet"]
+    # The row's own flags come last: a row may override the shared budget (as the longer-budget row does).
+    argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
     resumed = (run_dir / "config.json").exists()  # a row stopped before it finished continues
     if run_dir.exists() and not resumed:
         shutil.rmtree(run_dir)
