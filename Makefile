@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CHECKPOINT := checkpoints/minilm-l6
 TRAIN_ARGS ?=
+# The budget of results/README.md's table; RESULTS_ARGS="--rows NAME" runs one row.
+RESULTS_ARGS ?=
 
-.PHONY: setup train test convert
+.PHONY: setup train test convert results
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,3 +28,6 @@ train: $(CHECKPOINT)/params
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+results: $(CHECKPOINT)/params
+	$(PY) results/reproduce.py --epochs 1 --samples-per-task 2000 $(RESULTS_ARGS) --extra --num-buckets 8
