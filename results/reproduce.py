@@ -39,6 +39,8 @@ ROWS = {
     "cosfeat-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4"], {}),
     "cross-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
+    "cross-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
+                                  "--sts-head", "linear", "--sts-target", "scaled", "--lr", "1e-4"], {}),
     "cosfeat-pcgrad-mean-lr1e-4-3-epochs": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4", "--epochs", "3"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
