@@ -238,11 +238,16 @@ print(json.dumps({"devices": jax.device_count(), "losses": [float(grad_fns[t](st
 """
 
 
-def run_on_devices(count, config):
+def run_script_on_devices(count, config) -> subprocess.CompletedProcess:
+    """TWO_DEVICE_SCRIPT in a fresh process with `count` forced CPU devices."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
-                            capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def run_on_devices(count, config):
+    result = run_script_on_devices(count, config)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -255,10 +260,6 @@ def test_two_devices_give_the_same_loss_as_one(tiny_encoder, small_data):
 
 
 def test_batch_not_divisible_by_devices_is_refused(tiny_encoder, small_data):
-    config = tiny_config(tiny_encoder, small_data, batch_size=7)
-    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
-                            capture_output=True, text=True, cwd=REPO)
+    result = run_script_on_devices(2, tiny_config(tiny_encoder, small_data, batch_size=7))
     assert result.returncode != 0
     assert "--batch-size 7 and --eval-batch-size 32 must divide by the device count 2" in result.stderr
