@@ -100,6 +100,7 @@ def read_metrics(run_dir):
 
 
 UPDATES = []  # the jitted update that finished_run trained with
+PREDICTED_SPLITS = []  # the split of each Run.predict call of finished_run
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,9 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
             "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--run-dir", str(run_dir), "--quiet"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
+        predict = loop.Run.predict
+        patch.setattr(loop.Run, "predict",
+                      lambda self, params, fns, split: PREDICTED_SPLITS.append(split) or predict(self, params, fns, split))
         assert main.main(argv) == 0
     return run_dir
 
@@ -148,6 +152,11 @@ def test_single_task_cfimdb_run_predicts_dev_only(tiny_encoder, small_data, tmp_
     assert main.main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == ["cfimdb-dev-output.csv"]
     assert set(read_metrics(tmp_path / "run")[0]["dev"]) == {"cfimdb", "overall"}
+
+
+def test_dev_is_predicted_once_per_epoch_and_test_once(finished_run):
+    # The best epoch's dev predictions are written when it is scored, not predicted again at the end.
+    assert PREDICTED_SPLITS == ["dev", "dev", "test"]
 
 
 def test_the_update_compiles_once_per_run(finished_run):
