@@ -4,9 +4,12 @@
     python results/reproduce.py --rows baseline-10000 sst-finetune
     python results/reproduce.py --epochs 10 --samples-per-task 10000   # the reference budget
     python results/reproduce.py --summarize-only
+    python results/reproduce.py --jobs 6 --epochs 10 --samples-per-task 10000   # on a GPU: 6 rows at once
 
 Each row is `python -m train.main` with the flags in ROWS plus the shared budget flags; its run
-directory is results/runs/<row>. A finished row is not run again; a stopped one is resumed. The summary writes
+directory is results/runs/<row>. A finished row is not run again; a stopped one (Ctrl-C) is resumed.
+With --jobs N, N rows train at once, each logging to its run directory's train.log: a small model leaves
+a GPU mostly idle, so rows side by side finish sooner than one after another. The summary writes
 results/README.md (the table), results/rows.png, results/best/ (curves and test predictions of
 the best multi-task row) and copies each row's config.json, metrics.jsonl and predictions/ into
 results/<row>/.
@@ -17,9 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent
@@ -49,6 +55,7 @@ ROWS = {
 MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
+RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
 
 
 def git_commit() -> str:
@@ -57,17 +64,25 @@ def git_commit() -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
                            cwd=REPO, capture_output=True, text=True).stdout
-    return commit + ("+dirty" if dirty.strip() else "")
+    return (commit or "unknown") + ("+dirty" if dirty.strip() else "")
 
 
-def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str]) -> None:
-    """Trains one row into results/runs/<name>, recording wall time and commit in run.json."""
+def device_name() -> str:
+    """The accelerator the rows train on, as JAX names it (for example 'gpu NVIDIA H200')."""
+    code = "import jax; d = jax.devices()[0]; print(d.platform, d.device_kind)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:
+    """Trains one row into results/runs/<name>, recording wall time, commit and device in run.json; True when done.
+
+    A row stopped by Ctrl-C (exit code 130: a checkpoint is saved) gets no run.json; the next call resumes it."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *extra]
     run_dir = RESULTS / "runs" / name
     if (run_dir / "run.json").exists():
         print(f"{name}: done already ({run_dir})")
-        return
+        return True
     # The row's own flags come last: a row may override the shared budget (as the longer-budget row does).
     argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
     resumed = (run_dir / "config.json").exists()  # a row stopped before it finished continues
@@ -76,11 +91,51 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str]) -> 
     command = [sys.executable, "-m", "train.main", "--resume", str(run_dir), "--quiet"] if resumed else argv
     print(f"{name}: {' '.join(command[1:])}", flush=True)
     start = time.time()
-    subprocess.run(command, cwd=REPO, check=True)
-    info = {"argv": argv[1:], "wall_time_s": round(time.time() - start, 1), "commit": git_commit()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") if log_to_file else open(sys.stdout.fileno(), "w", closefd=False) as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.add(process)
+        try:
+            returncode = process.wait()
+        finally:
+            RUNNING.discard(process)
+    if returncode == 130:
+        print(f"{name}: stopped; the next call resumes it", flush=True)
+        return False
+    if returncode != 0:
+        raise RuntimeError(f"{name}: train.main exited with status {returncode}" +
+                           (f" (log: {run_dir / 'train.log'})" if log_to_file else ""))
+    info = {"argv": argv[1:], "wall_time_s": round(time.time() - start, 1), "commit": git_commit(), "device": device}
     if resumed:
         info["resumed"] = True  # the wall time is that of the resumed part
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"{name}: done in {info['wall_time_s'] / 60:.1f} min", flush=True)
+    return True
+
+
+def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int) -> bool:
+    """Runs the rows, `jobs` at a time (logs in each run directory when more than one); True when all are done.
+    Once a row is stopped (Ctrl-C reaches the rows, or this process, which passes it on) no new one starts."""
+    device = device_name()
+    stopping = threading.Event()
+
+    def one(name: str) -> None:
+        if not stopping.is_set() and not run_row(name, epochs, samples_per_task, extra, device, log_to_file=jobs > 1):
+            stopping.set()
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(one, name) for name in names]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:
+            stopping.set()
+            # Where the Ctrl-C came from a terminal the rows have it already; a second SIGINT changes nothing.
+            for process in list(RUNNING):
+                process.send_signal(signal.SIGINT)
+            for future in futures:
+                future.exception()
+    return not stopping.is_set()
 
 
 def best_dev(run_dir: Path) -> dict:
@@ -154,12 +209,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--samples-per-task", type=int, default=2000)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every row")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (for a GPU; default 1)")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
     budget_text = f"{args.epochs} epoch(s) x {args.samples_per_task} examples per task (baseline-6041: x 0.6041) {' '.join(args.extra)}".strip()
-    if not args.summarize_only:
-        for name in args.rows:
-            run_row(name, args.epochs, args.samples_per_task, args.extra)
+    if not args.summarize_only and not run_rows(args.rows, args.epochs, args.samples_per_task, args.extra, args.jobs):
+        print("stopped: the same command resumes the unfinished rows")
+        return 130
     summarize(budget_text)
     return 0
 

@@ -31,9 +31,9 @@ def launch(flags, devices: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, before: str = "") -> str:
+def finish(proc, before: str = "", returncode: int = 0) -> str:
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == returncode, err[-3000:]
     return before + out
 
 
@@ -66,7 +66,7 @@ def two_runs(tiny_encoder, small_data, tmp_path_factory):
         if line.startswith("epoch 0:"):
             procs[1].send_signal(signal.SIGINT)
             break
-    interrupted = [finish(procs[0], seen), finish(procs[1])]
+    interrupted = [finish(procs[0], seen, returncode=130), finish(procs[1], returncode=130)]
     resumed = [finish(p) for p in launch_processes(["--resume", str(root / "multi")] + flags[-1:])]
     reference = finish(launch(run_flags(tiny_encoder, small_data, root / "single"), devices=2))
     return root / "multi", root / "single", interrupted, resumed, reference

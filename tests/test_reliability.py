@@ -221,7 +221,7 @@ def test_ctrl_c_in_the_last_step_of_an_epoch_stops_at_its_checkpoint(workdir, ti
     # The first checkpoint is taken after step 2 of 3: the signal comes in step 3 (or in the dev evaluation after it).
     training.wait_for(lambda: steps(run_dir / "checkpoints" / "latest"), "a first checkpoint")
     training.proc.send_signal(signal.SIGINT)
-    assert training.finish() == 0, training.output()
+    assert training.finish() == 130, training.output()
     assert "Traceback" not in training.output()
     assert training.lines[-1] == f"interrupted: checkpoint saved at the end of epoch 0; continue with --resume {run_dir}\n"
     _, saved = checkpoint(run_dir / "checkpoints" / "latest")

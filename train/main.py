@@ -45,7 +45,8 @@ def _join_processes(args) -> None:
 
 
 def main(argv=None) -> int:
-    """Parses flags, then trains (or resumes) a run; user errors print one line and exit 1."""
+    """Parses flags, then trains (or resumes) a run; user errors print one line and exit 1, an interrupted run
+    (checkpoint saved) exits 130."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         config, args = parse_args(argv)
@@ -64,7 +65,9 @@ def main(argv=None) -> int:
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if metrics and distributed.is_main_process():
+    if not metrics:
+        return 130
+    if distributed.is_main_process():
         print("best dev: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
 
