@@ -47,7 +47,6 @@ ROWS = {
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
     "cross-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "1e-4"], {}),
-    "cosfeat-pcgrad-mean-lr1e-4-3-epochs": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4", "--epochs", "3"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
@@ -56,6 +55,11 @@ MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
+
+
+def budget_tag(epochs: int, samples_per_task: int) -> str:
+    """The name of a budget's folder in results/ and results/runs/, for example '10x10000'."""
+    return f"{epochs}x{samples_per_task}"
 
 
 def git_commit() -> str:
@@ -79,11 +83,10 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     A row stopped by Ctrl-C (exit code 130: a checkpoint is saved) gets no run.json; the next call resumes it."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *extra]
-    run_dir = RESULTS / "runs" / name
+    run_dir = RESULTS / "runs" / budget_tag(epochs, samples_per_task) / name
     if (run_dir / "run.json").exists():
         print(f"{name}: done already ({run_dir})")
         return True
-    # The row's own flags come last: a row may override the shared budget (as the longer-budget row does).
     argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
     resumed = (run_dir / "config.json").exists()  # a row stopped before it finished continues
     if run_dir.exists() and not resumed:
