@@ -6,13 +6,13 @@
     python results/reproduce.py --summarize-only
     python results/reproduce.py --jobs 6 --epochs 10 --samples-per-task 10000   # on a GPU: 6 rows at once
 
-Each row is `python -m train.main` with the flags in ROWS plus the shared budget flags; its run
-directory is results/runs/<row>. A finished row is not run again; a stopped one (Ctrl-C) is resumed.
+Each row is `python -m train.main` with the flags in ROWS plus the budget flags; its run directory is
+results/runs/<epochs>x<samples>/<row>. A finished row is not run again; a stopped one (Ctrl-C) is resumed.
 With --jobs N, N rows train at once, each logging to its run directory's train.log: a small model leaves
 a GPU mostly idle, so rows side by side finish sooner than one after another. The summary writes
-results/README.md (the table), results/rows.png, results/best/ (curves and test predictions of
-the best multi-task row) and copies each row's config.json, metrics.jsonl and predictions/ into
-results/<row>/.
+results/README.md (a table per budget), results/rows.png, results/best/ (curves and test predictions
+of the best finished multi-task row) and copies each row's config.json, metrics.jsonl, run.json and
+predictions/ into results/<epochs>x<samples>/<row>/.
 """
 
 from __future__ import annotations
@@ -78,13 +78,15 @@ def device_name() -> str:
 
 
 def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:
-    """Trains one row into results/runs/<name>, recording wall time, commit and device in run.json; True when done.
+    """Trains one row into results/runs/<budget>/<name>; True when it finished.
 
-    A row stopped by Ctrl-C (exit code 130: a checkpoint is saved) gets no run.json; the next call resumes it."""
+    run.json records the command, wall time, commit, device and whether the row finished: a row stopped by
+    Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *extra]
     run_dir = RESULTS / "runs" / budget_tag(epochs, samples_per_task) / name
-    if (run_dir / "run.json").exists():
+    previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    if previous.get("finished"):
         print(f"{name}: done already ({run_dir})")
         return True
     argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
@@ -102,18 +104,16 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
             returncode = process.wait()
         finally:
             RUNNING.discard(process)
-    if returncode == 130:
-        print(f"{name}: stopped; the next call resumes it", flush=True)
-        return False
-    if returncode != 0:
+    if returncode not in (0, 130):
         raise RuntimeError(f"{name}: train.main exited with status {returncode}" +
                            (f" (log: {run_dir / 'train.log'})" if log_to_file else ""))
-    info = {"argv": argv[1:], "wall_time_s": round(time.time() - start, 1), "commit": git_commit(), "device": device}
-    if resumed:
-        info["resumed"] = True  # the wall time is that of the resumed part
+    wall_time = previous.get("wall_time_s", 0) + time.time() - start
+    info = {"argv": argv[1:], "wall_time_s": round(wall_time, 1), "commit": git_commit(), "device": device,
+            "finished": returncode == 0}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"{name}: done in {info['wall_time_s'] / 60:.1f} min", flush=True)
-    return True
+    print(f"{name}: {'done' if returncode == 0 else 'stopped (the next call resumes it)'} after "
+          f"{wall_time / 60:.1f} min", flush=True)
+    return returncode == 0
 
 
 def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int) -> bool:
@@ -147,57 +147,85 @@ def best_dev(run_dir: Path) -> dict:
     return max(records, key=lambda r: r["dev"]["overall"])["dev"]
 
 
-def summarize(budget_text: str) -> None:
-    """Writes results/README.md, rows.png, best/ and the per-row copies from results/runs/."""
+def budgets() -> list[str]:
+    """The budget folders of results/runs/, smallest first."""
+    tags = [d.name for d in (RESULTS / "runs").glob("*x*") if d.is_dir()]
+    return sorted(tags, key=lambda tag: tuple(int(n) for n in tag.split("x")))
+
+
+def summarize() -> None:
+    """Writes results/README.md (a table per budget), rows.png, best/ and per-row copies in results/<budget>/<row>/."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [n for n in ROWS if (RESULTS / "runs" / n / "run.json").exists()]
     lines = [
         "# Results",
         "",
-        f"Default model all-MiniLM-L6-v2 (22.7M parameters), shipped data, dev split. Budget: {budget_text}.",
-        "Reference: the report's BERT-base numbers (dev). Reproduce every row with `make results`, one with",
-        "`make results RESULTS_ARGS=\"--rows NAME\"` (the `python results/reproduce.py` line it runs takes",
-        "`--epochs 10 --samples-per-task 10000` for the reference budget).",
-        "",
-        "| row | sentiment | paraphrase | STS corr | overall | reference overall | wall time | commit |",
-        "|---|---|---|---|---|---|---|---|",
+        "Default model all-MiniLM-L6-v2 (22.7M parameters), shipped data, dev split; one table per budget",
+        "(epochs x examples drawn per task and epoch; baseline-6041 draws 0.6041 of that). Cells: this project,",
+        "with the reference report's BERT-base numbers in parentheses. `epochs` is the epochs trained of the",
+        "budget's (a stopped row is marked) and the scores are those of the best epoch. Each row's command is in",
+        "its folder's run.json; `make results` reruns the 1x2000 table, `make results RESULTS_ARGS=\"--rows NAME\"`",
+        "one row, and `python results/reproduce.py --epochs E --samples-per-task N [--jobs J]` any budget.",
     ]
-    scores = {}
-    for name in done:
-        run_dir = RESULTS / "runs" / name
-        dev, info, reference = best_dev(run_dir), json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
-        scores[name] = dev
-        cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference else (f"{dev[t]:.3f}" if t in dev else "")
-                 for t in ("sst", "para", "sts")]
-        if "cfimdb" in dev:
-            cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
-        overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
-        lines.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | "
-                     f"{info['wall_time_s'] / 60:.1f} min | {info['commit']} |")
-        target = RESULTS / name
-        target.mkdir(exist_ok=True)
-        for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
-            shutil.copyfile(run_dir / item, target / item)
-        shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
-    lines += ["", "Cells: this project (the reference report in parentheses). ![rows](rows.png)", ""]
-    multitask = [n for n in MULTITASK if n in scores]
+    scores, finished = {}, {}
+    for tag in budgets():
+        epochs, samples = tag.split("x")
+        table = ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
+                 "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time | device | commit |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        notes = []
+        for name in ROWS:
+            run_dir = RESULTS / "runs" / tag / name
+            if not (run_dir / "metrics.jsonl").exists() or not (run_dir / "run.json").exists():
+                continue
+            info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
+            if info.get("note") and info["note"] not in notes:
+                notes.append(info["note"])
+            dev = scores[tag, name] = best_dev(run_dir)
+            finished[tag, name] = info.get("finished", True)  # run.json of older rows was written when they finished
+            done = len((run_dir / "metrics.jsonl").read_text().splitlines())
+            cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference else (f"{dev[t]:.3f}" if t in dev else "")
+                     for t in ("sst", "para", "sts")]
+            if "cfimdb" in dev:
+                cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
+            overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
+            trained = f"{done}" if finished[tag, name] else f"{done} of {epochs}, stopped"
+            table.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | {trained} | "
+                         f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} |")
+            target = RESULTS / tag / name
+            target.mkdir(parents=True, exist_ok=True)
+            for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
+                if (run_dir / item).exists():
+                    shutil.copyfile(run_dir / item, target / item)
+            shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
+        if len(table) > 5:  # a budget whose rows have no finished epoch yet gets no table
+            lines += table + [f"\nNote: {note}" for note in notes]
+    lines += ["", "![rows](rows.png)", ""]
+    multitask = [key for key in scores if key[1] in MULTITASK]
+    complete = [key for key in multitask if finished[key]]  # only these have test predictions
+    if complete:
+        tag, name = best = max(complete, key=lambda key: scores[key]["overall"])
+        run_dir = RESULTS / "runs" / tag / name
+        shutil.copytree(run_dir / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
+        shutil.copyfile(run_dir / "curves.png", RESULTS / "best" / "curves.png")
+        lines += [f"Best finished multi-task row: **{name}** at {tag} (overall {scores[best]['overall']:.3f}); its test "
+                  "predictions are in `best/predictions/`, its curves in `best/curves.png`.", ""]
     if multitask:
-        best = max(multitask, key=lambda n: scores[n]["overall"])
-        shutil.copytree(RESULTS / "runs" / best / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
-        shutil.copyfile(RESULTS / "runs" / best / "curves.png", RESULTS / "best" / "curves.png")
-        lines += [f"Best multi-task row: **{best}** (overall {scores[best]['overall']:.3f}); its test predictions are in "
-                  "`best/predictions/`, its curves in `best/curves.png`.", ""]
-        fig, ax = plt.subplots(figsize=(10, 4))
+        tags = [t for t in budgets() if any(key[0] == t for key in multitask)]
+        fig, axes = plt.subplots(len(tags), 1, figsize=(11, 3.4 * len(tags)), squeeze=False)
         width = 0.2
-        for i, metric in enumerate(("sst", "para", "sts", "overall")):
-            ax.bar([j + i * width for j in range(len(multitask))], [scores[n][metric] for n in multitask], width, label=metric)
-        ax.set_xticks([j + 1.5 * width for j in range(len(multitask))], multitask, rotation=15, fontsize=8)
-        ax.set(title="dev metrics per row", ylim=(0, 1))
-        ax.legend()
+        widest = max(sum(key[0] == tag for key in multitask) for tag in tags)  # the same bar width in every panel
+        for ax, tag in zip(axes[:, 0], tags):
+            names = [name for t, name in multitask if t == tag]
+            for i, metric in enumerate(("sst", "para", "sts", "overall")):
+                ax.bar([j + i * width for j in range(len(names))], [scores[tag, n][metric] for n in names], width,
+                       label=metric)
+            ax.set_xticks([j + 1.5 * width for j in range(len(names))], names, rotation=12, fontsize=7)
+            ax.set(title=f"dev metrics per row, budget {tag}", ylim=(0, 1), xlim=(-0.5, widest))
+            ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         fig.savefig(RESULTS / "rows.png", dpi=100)
         plt.close(fig)
@@ -215,11 +243,10 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (for a GPU; default 1)")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
-    budget_text = f"{args.epochs} epoch(s) x {args.samples_per_task} examples per task (baseline-6041: x 0.6041) {' '.join(args.extra)}".strip()
     if not args.summarize_only and not run_rows(args.rows, args.epochs, args.samples_per_task, args.extra, args.jobs):
         print("stopped: the same command resumes the unfinished rows")
         return 130
-    summarize(budget_text)
+    summarize()
     return 0
 
 
