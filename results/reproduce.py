@@ -221,8 +221,8 @@ def summarize() -> None:
         for ax, tag in zip(axes[:, 0], tags):
             names = [name for t, name in multitask if t == tag]
             for i, metric in enumerate(("sst", "para", "sts", "overall")):
-                ax.bar([j + i * width for j in range(len(names))], [scores[tag, n][metric] for n in names], width,
-                       label=metric)
+                heights = [scores[tag, n].get(metric, 0.0) for n in names]  # a row may leave out a task
+                ax.bar([j + i * width for j in range(len(names))], heights, width, label=metric)
             ax.set_xticks([j + 1.5 * width for j in range(len(names))], names, rotation=12, fontsize=7)
             ax.set(title=f"dev metrics per row, budget {tag}", ylim=(0, 1), xlim=(-0.5, widest))
             ax.legend(fontsize=7, loc="lower right")

@@ -1,0 +1,97 @@
+"""results/reproduce.py on two tiny rows: per-budget run folders, rows side by side (--jobs), the summary
+tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the next call."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_rows(tiny_encoder, small_data) -> dict:
+    """Two multi-task rows (sst and sts on the tiny encoder) that differ in learning rate."""
+    flags = ["--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--tasks", "sst,sts",
+             "--pooling", "mean", "--pcgrad", "--batch-size", "8", "--eval-batch-size", "32", "--max-length", "32",
+             "--num-buckets", "1", "--save-every-steps", "1"]
+    return {"tiny-a": ([*flags, "--lr", "1e-3"], {"overall": 0.5}), "tiny-b": ([*flags, "--lr", "3e-3"], {})}
+
+
+# Loads reproduce.py with its rows and output folder replaced, then runs its command line.
+DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("reproduce", sys.argv[1])
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
+reproduce.RESULTS = reproduce.Path(sys.argv[2])
+reproduce.ROWS = {name: (flags, reference) for name, (flags, reference) in json.loads(sys.argv[3]).items()}
+reproduce.MULTITASK = list(reproduce.ROWS)
+sys.exit(reproduce.main(sys.argv[4:]))
+"""
+
+
+def reproduce(results: Path, rows: dict, *argv: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO / "results" / "reproduce.py"), str(results),
+                             json.dumps(rows), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def run_json(results: Path, name: str) -> dict:
+    return json.loads((results / "runs" / "2x16" / name / "run.json").read_text())
+
+
+def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp_path):
+    rows, results = tiny_rows(tiny_encoder, small_data), tmp_path / "results"
+    argv = ["--epochs", "2", "--samples-per-task", "16", "--jobs", "2"]
+    # Its own process group: the Ctrl-C of a terminal reaches the rows' processes too.
+    first = reproduce(results, rows, *argv, start_new_session=True)
+    # Both rows have started (the Ctrl-C finds neither finished): each stops in its set-up or at a checkpoint.
+    configs = [results / "runs" / "2x16" / name / "config.json" for name in rows]
+    deadline = time.time() + 300
+    while not all(path.exists() for path in configs) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGINT)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 130, output
+    assert "stopped: the same command resumes the unfinished rows" in output
+    for name in rows:
+        assert run_json(results, name)["finished"] is False, output
+    assert not (results / "README.md").exists()  # no summary of stopped rows
+
+    second = reproduce(results, rows, *argv)
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output
+    for name in rows:
+        info = run_json(results, name)
+        assert info["finished"] is True and info["device"] == "cpu cpu"
+        assert info["argv"][:6] == ["-m", "train.main", "--epochs", "2", "--samples-per-task", "16"]
+        metrics = (results / "runs" / "2x16" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [0, 1]  # the stopped epoch is not repeated
+        copied = results / "2x16" / name
+        assert sorted(p.name for p in (copied / "predictions").iterdir()) == [
+            "sst-dev-output.csv", "sst-test-output.csv", "sts-dev-output.csv", "sts-test-output.csv"]
+        assert (copied / "metrics.jsonl").read_text().splitlines() == metrics
+
+    summary = (results / "README.md").read_text()
+    assert "## 2 epoch(s) x 16 examples per task" in summary
+    best = {}
+    for name in rows:
+        records = [json.loads(line) for line in (results / "2x16" / name / "metrics.jsonl").read_text().splitlines()]
+        best[name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]
+        line = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        assert cells[2] == "" and cells[4] == f"{best[name]['overall']:.3f}" and cells[6] == "2", line
+        assert cells[5] == ("0.5" if name == "tiny-a" else "")
+    winner = max(best, key=lambda name: best[name]["overall"])
+    assert f"Best finished multi-task row: **{winner}** at 2x16" in summary
+    assert (results / "best" / "predictions" / "sst-test-output.csv").read_text() == \
+        (results / "2x16" / winner / "predictions" / "sst-test-output.csv").read_text()
+    assert (results / "rows.png").stat().st_size > 0
+
+    third = reproduce(results, rows, *argv)
+    output = third.communicate(timeout=300)[0]
+    assert third.returncode == 0 and output.count("done already") == 2, output
