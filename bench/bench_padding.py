@@ -1,6 +1,6 @@
 """Padding overhead: tokens fed over real tokens, bucketed pipeline against pad-to-longest.
 
-    .venv/bin/python bench/bench_padding.py [--epochs 1] [--batch-size 32] [--num-buckets 16]
+    .venv/bin/python bench/bench_padding.py [--epochs 1] [--batch-size 32] [--num-buckets 16] [--pool-batches 64]
 
 For the training batches of the multi-task stream (the same batches for every column),
 per task and for both pair encodings (bi: the two sentences encoded apart; cross: one
@@ -58,8 +58,8 @@ def task_padding(task, plan, padding_batches: int) -> dict:
     }
 
 
-def run(pair_mode: str, epochs: int, batch_size: int, num_buckets: int, samples: int, strategy: str,
-        seed: int, max_length: int) -> dict:
+def run(pair_mode: str, epochs: int, batch_size: int, num_buckets: int, pool_batches: int, samples: int,
+        strategy: str, seed: int, max_length: int) -> dict:
     from data import MalformedRowWarning, MultiTaskStream, TaskData
 
     with warnings.catch_warnings():
@@ -69,7 +69,8 @@ def run(pair_mode: str, epochs: int, batch_size: int, num_buckets: int, samples:
                      num_buckets=num_buckets, max_length=max_length)
             for name in ("sst", "quora", "sts")
         ]
-    stream = MultiTaskStream(tasks, strategy=strategy, num_examples=samples, num_epochs=epochs, seed=seed)
+    stream = MultiTaskStream(tasks, strategy=strategy, num_examples=samples, num_epochs=epochs, seed=seed,
+                             pool_batches=pool_batches)
     totals: dict[str, dict] = {}
     for epoch in range(epochs):
         plans = stream.plan(epoch)
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32, help="examples per task per batch")
     parser.add_argument("--num-buckets", type=int, default=16, help="length buckets per task")
+    parser.add_argument("--pool-batches", type=int, default=64, help="batches cut from one length-sorted pool")
     parser.add_argument("--samples-per-task", type=int, default=10_000)
     parser.add_argument("--strategy", default="resample")
     parser.add_argument("--seed", type=int, default=11711)
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pair-modes", default="bi,cross", help="comma-separated: bi, cross")
     args = parser.parse_args(argv)
 
-    results = [run(mode, args.epochs, args.batch_size, args.num_buckets, args.samples_per_task, args.strategy,
-                   args.seed, args.max_length) for mode in args.pair_modes.split(",")]
+    results = [run(mode, args.epochs, args.batch_size, args.num_buckets, args.pool_batches, args.samples_per_task,
+                   args.strategy, args.seed, args.max_length) for mode in args.pair_modes.split(",")]
     rows = []
     for result in results:
         for name, t in list(result["tasks"].items()) + [("all", result["all"])]:
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "per_side": t["longest_per_side_ratio"] if result["pair_mode"] == "bi" and name != "sst" else None,
             })
     print(f"tokens fed / real tokens, {args.epochs} epoch(s) of the '{args.strategy}' stream, batch {args.batch_size} "
-          f"per task, {args.num_buckets} buckets, {args.samples_per_task} examples per task")
+          f"per task, {args.num_buckets} buckets, pools of {args.pool_batches} batches, {args.samples_per_task} "
+          "examples per task")
     common.print_table(rows, [("task", "task", "s"), ("real", "real tokens", "d"), ("bucketed", "bucketed", ".3f"),
                               ("longest", "longest", ".3f"), ("per_side", "longest per side", ".3f")])
     result = {
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "num_buckets": args.num_buckets,
+        "pool_batches": args.pool_batches,
         "samples_per_task": args.samples_per_task,
         "strategy": args.strategy,
         "modes": {r["pair_mode"]: {"tasks": r["tasks"], "all": r["all"]} for r in results},

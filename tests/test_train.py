@@ -37,12 +37,25 @@ def test_presets_expand_to_the_reference_rows():
     assert (defaults.dropout, defaults.lr, defaults.epochs, defaults.samples_per_task) == (0.3, 1e-5, 10, 10_000)
 
 
+def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
+    assert train_config.parse_args(["--pool-batches", "3"])[0].pool_batches == 3
+    streams = {pool: loop.Run(tiny_config(tiny_encoder, small_data, pool_batches=pool, samples_per_task=64),
+                              tiny_encoder).stream() for pool in (1, 8)}
+    assert {pool: stream.pool_batches for pool, stream in streams.items()} == {1: 1, 8: 8}
+    # The same drawn examples, batched from length-sorted pools of one batch or of all eight.
+    plans = {pool: stream.plan(0)["sst"] for pool, stream in streams.items()}
+    rows = {pool: sorted(np.concatenate(plan.rows).tolist()) for pool, plan in plans.items()}
+    assert rows[1] == rows[8]
+    assert sum(plans[8].lengths) < sum(plans[1].lengths)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "nope"], "--preset 'nope' does not exist"),
     (["--pooling", "avg"], "--pooling 'avg': choose from cls, mean, max"),
     (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
     (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross has no sentence embeddings"),
     (["--epochs", "0"], "--epochs must be positive"),
+    (["--pool-batches", "0"], "--pool-batches must be positive"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1

@@ -40,6 +40,7 @@ class TrainConfig:
     sampling: str = "resample"  # resample | min | proportional | annealed
     max_length: int = 128
     num_buckets: int = 16  # padded lengths per task: fewer compile faster, more pad less
+    pool_batches: int = 64  # batches cut from one length-sorted pool: more pad less, but mix lengths less
     seed: int = 11711
     init_checkpoint: str = "checkpoints/minilm-l6"
     data_dir: str = "data/cs224n"
@@ -65,7 +66,7 @@ class TrainConfig:
             raise ConfigError(f"--tasks {','.join(self.tasks)}: choose a subset of {', '.join(TASKS)}")
         if self.pair_encoding == "cross" and (self.sts_head == "cosine" or self.para_cos_feature):
             raise ConfigError("--pair-encoding cross has no sentence embeddings: it excludes --sts-head cosine and --para-cos-feature")
-        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", help="resample (default), min, proportional or annealed")
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 16)")
+    p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
+                                                    "(default 64; more pad less)")
     p.add_argument("--seed", type=int)
     p.add_argument("--init-checkpoint", help="converted checkpoint directory (default: checkpoints/minilm-l6)")
     p.add_argument("--data-dir")

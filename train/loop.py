@@ -116,6 +116,7 @@ class Run:
         return input_pipeline.MultiTaskStream(
             [self.data[t] for t in cfg.tasks],
             strategy=cfg.sampling,
+            pool_batches=cfg.pool_batches,
             num_examples=cfg.samples_per_task,
             num_epochs=cfg.epochs,
             seed=cfg.seed,
