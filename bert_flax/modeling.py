@@ -24,11 +24,61 @@ _ACTIVATIONS = {
 }
 
 
+def _physical_transpose(matrix: jax.Array) -> jax.Array:
+    """matrix.T as a real copy on CPU. XLA folds a plain transpose into the dot that reads it as a layout, and
+    XLA:CPU runs a bfloat16 dot whose left operand contracts over its first dimension (a weight gradient,
+    x.T @ dy) at about a third of the speed of the other form (docs/benchmarks.md): the flat copy behind an
+    optimization barrier keeps the transposed order in memory."""
+    rows, cols = matrix.shape
+
+    def copied(m):
+        return jax.lax.optimization_barrier(m.T.reshape(-1)).reshape(cols, rows)
+
+    return jax.lax.platform_dependent(matrix, cpu=copied, default=lambda m: m.T)
+
+
+def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    """a @ b contracting a's dimension contract[0] with b's contract[1], accumulated and returned in float32."""
+    return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _low_precision_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x (n, in) @ kernel (in, out) for 16-bit operands, with float32 accumulation and output."""
+    return _matmul(x, kernel, (1, 0))
+
+
+def _low_precision_matmul_fwd(x, kernel):
+    return _matmul(x, kernel, (1, 0)), (x, kernel)
+
+
+def _low_precision_matmul_bwd(residuals, grad):
+    x, kernel = residuals
+    grad = grad.astype(x.dtype)
+    grad_x = _matmul(grad, kernel, (1, 1))
+    grad_kernel = _matmul(_physical_transpose(x), grad, (1, 0))
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+
+
+def _low_precision_dense_product(inputs, kernel, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's product for bfloat16/float16 computation: float32 accumulation, output in the input dtype,
+    and weight gradients in the form XLA:CPU runs fast. (nn.Dense always contracts the inputs' last axis with
+    the kernel's first.)"""
+    del dimension_numbers, precision, preferred_element_type
+    product = _low_precision_matmul(inputs.reshape(-1, inputs.shape[-1]), kernel)
+    return product.astype(inputs.dtype).reshape(*inputs.shape[:-1], kernel.shape[-1])
+
+
 def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
+    low_precision = jnp.dtype(dtype).itemsize < 4
     return nn.Dense(
         features,
         dtype=dtype,
         kernel_init=nn.initializers.normal(0.02),
+        dot_general=_low_precision_dense_product if low_precision else jax.lax.dot_general,
         name=name,
     )
 

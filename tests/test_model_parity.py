@@ -119,3 +119,32 @@ def test_bfloat16_compute_keeps_float32_params(minilm_flax_dir):
     assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(params))
     # bfloat16 has an 8-bit mantissa: states agree to a few percent of their scale, not bit for bit.
     assert np.abs(hidden.astype(np.float32)[mask] - reference[mask]).max() < 0.1 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_bfloat16_dense_product_and_gradients_match_float64(jit):
+    """The bfloat16 Dense product (float32 accumulation, weight gradient through a physical transpose on CPU)
+    against float64 products of the same bfloat16 operands."""
+    import jax.numpy as jnp
+
+    from bert_flax.modeling import _low_precision_dense_product
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 5, 48)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((48, 40)) * 0.1, jnp.bfloat16)
+    weights = rng.standard_normal((3, 5, 40))
+
+    def loss(x, kernel):
+        out = _low_precision_dense_product(x, kernel, (((2,), (0,)), ((), ())))
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+
+    (_, out), (grad_x, grad_kernel) = (jax.jit if jit else lambda f: f)(
+        jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
+    x64, kernel64 = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    # The gradient reaching the product is that of a bfloat16 output: the weights rounded to bfloat16.
+    grad_out = np.asarray(jnp.asarray(weights, jnp.bfloat16), np.float64)
+    assert out.dtype == grad_x.dtype == grad_kernel.dtype == jnp.bfloat16
+    # Each result is accumulated in float32 and rounded once to bfloat16 (8-bit mantissa).
+    for got, want in ((out, x64 @ kernel64), (grad_x, grad_out @ kernel64.T),
+                      (grad_kernel, np.einsum("bli,blo->io", x64, grad_out))):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6)

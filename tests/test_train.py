@@ -80,6 +80,7 @@ COMBINATIONS = [
     dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
     dict(tasks=("cfimdb",), pooling="max", sampling="min"),
+    dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
 ]
 
 
@@ -99,6 +100,7 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     after = jax.device_get(state.params)
     assert all(np.isfinite(float(loss)) and float(loss) > 0 for loss in losses)
     assert set(after) == expected_modules(config)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(after))  # bfloat16 computes only
     encoder_moved = max(float(np.abs(a - b).max()) for a, b in
                         zip(jax.tree_util.tree_leaves(after["bert"]), jax.tree_util.tree_leaves(before["bert"])))
     heads_moved = max(float(np.abs(a - b).max()) for k in after if k != "bert" for a, b in

@@ -41,6 +41,7 @@ class TrainConfig:
     max_length: int = 128
     num_buckets: int = 16  # padded lengths per task: fewer compile faster, more pad less
     pool_batches: int = 64  # batches cut from one length-sorted pool: more pad less, but mix lengths less
+    dtype: str = "float32"  # the encoder's computation dtype; parameters and optimizer state stay float32
     seed: int = 11711
     init_checkpoint: str = "checkpoints/minilm-l6"
     data_dir: str = "data/cs224n"
@@ -57,6 +58,7 @@ class TrainConfig:
             "sts_target": ("binary", "scaled"),
             "sampling": ("resample", "min", "proportional", "annealed"),
             "decay_mask": ("all", "no-layernorm-bias"),
+            "dtype": ("float32", "bfloat16"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", help="resample (default), min, proportional or annealed")
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 16)")
+    p.add_argument("--dtype", help="float32 (default) or bfloat16: the encoder's computation dtype (parameters and "
+                                   "optimizer state stay float32; bfloat16 steps are about 1.3x faster on this CPU)")
     p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
                                                     "(default 64; more pad less)")
     p.add_argument("--seed", type=int)

@@ -87,7 +87,7 @@ class Run:
             raise RunError(str(err)) from None
         self.bert_config = bert.config
         self.encoder_dir = encoder_dir
-        self.model = MultitaskBert(bert.config, config)
+        self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
 
     @functools.cached_property
