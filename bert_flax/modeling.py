@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from .config import BertConfig
 
-__all__ = ["BertModel"]
+__all__ = ["BertModel", "Dropout"]
 
 _ACTIVATIONS = {
     # Written with erf: jax.nn.gelu(approximate=False) lowers to erfc, ~4% slower per step on CPU.
@@ -83,6 +83,24 @@ def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
     )
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (the "dropout" rng) whose keep mask compares 16-bit random numbers, two cut from each
+    32-bit random word, with round(keep * 2^16); kept values are divided by that exact keep probability.
+    The random bits cost about a third of nn.Dropout's (one 32-bit word per element) on CPU, where they were
+    a sixth of a bfloat16 encoder gradient; the keep probability moves by at most 2^-17."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0:
+            return x
+        threshold = round((1.0 - self.rate) * 65536)
+        words = jax.random.bits(self.make_rng("dropout"), ((x.size + 1) // 2,), jnp.uint32)
+        halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[: x.size].reshape(x.shape)
+        return jnp.where(halves < threshold, x / jnp.asarray(threshold / 65536, x.dtype), jnp.zeros((), x.dtype))
+
+
 def _layer_norm(config: BertConfig, dtype, name: str) -> nn.LayerNorm:
     # use_fast_variance=False: E[(x - mean)^2] as PyTorch computes it, not E[x^2] - mean^2.
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, use_fast_variance=False, name=name)
@@ -106,7 +124,7 @@ class BertEmbeddings(nn.Module):
             token_type_ids
         )
         hidden = _layer_norm(cfg, self.dtype, "LayerNorm")(words + positions + types)
-        return nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -133,7 +151,7 @@ class BertSelfAttention(nn.Module):
         # Softmax in float32 even when computing in bfloat16.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1).astype(self.dtype)
         if not deterministic and cfg.attention_probs_dropout_prob > 0:
-            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs, value).transpose(0, 2, 1, 3)
         return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
 
@@ -147,7 +165,7 @@ class BertOutput(nn.Module):
     @nn.compact
     def __call__(self, context, residual, deterministic: bool):
         hidden = _dense(self.config.hidden_size, self.config, self.dtype, "dense")(context)
-        hidden = nn.Dropout(self.config.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        hidden = Dropout(self.config.hidden_dropout_prob)(hidden, deterministic=deterministic)
         return _layer_norm(self.config, self.dtype, "LayerNorm")(hidden + residual)
 
 

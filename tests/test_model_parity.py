@@ -148,3 +148,27 @@ def test_bfloat16_dense_product_and_gradients_match_float64(jit):
     for got, want in ((out, x64 @ kernel64), (grad_x, grad_out @ kernel64.T),
                       (grad_kernel, np.einsum("bli,blo->io", x64, grad_out))):
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6)
+
+
+@pytest.mark.parametrize("rate, shape", [(0.1, (1001, 999)), (0.3, (7, 3, 5)), (0.0, (4, 4))])
+def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape):
+    import jax.numpy as jnp
+
+    from bert_flax.modeling import Dropout
+
+    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, shape), jnp.float32)
+    dropout = Dropout(rate)
+    out = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1, impl="rbg")}))
+    again = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1, impl="rbg")}))
+    other = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(2, impl="rbg")}))
+    np.testing.assert_array_equal(out, again)
+    np.testing.assert_array_equal(np.asarray(dropout.apply({}, x, deterministic=True)), np.asarray(x))
+    kept = out != 0
+    keep = round((1 - rate) * 65536) / 65536
+    np.testing.assert_allclose(out[kept], np.asarray(x)[kept] / np.float32(keep), rtol=2.4e-7)  # 2 ulp
+    if rate:
+        assert (out != other).any()
+        # 10^6 draws: the kept fraction is within 5 standard deviations of the keep probability.
+        assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / kept.size) + 1 / kept.size
+    else:
+        assert kept.all()

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_flax import BertConfig, BertModel
+from bert_flax.modeling import Dropout
 
 from .config import TrainConfig
 
@@ -50,7 +51,7 @@ class MultitaskBert(nn.Module):
     def setup(self):
         cfg = self.config
         self.bert = BertModel(self.bert_config, dtype=self.dtype)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.sst_classifier = nn.Dense(NUM_CLASSES["sst"], name="sst_classifier")
         self.cfimdb_classifier = nn.Dense(NUM_CLASSES["cfimdb"], name="cfimdb_classifier")
         self.para_classifier = nn.Dense(1, name="para_classifier")
