@@ -73,7 +73,7 @@ def git_commit() -> str:
 
 def device_name() -> str:
     """The accelerator the rows train on, as JAX names it (for example 'gpu NVIDIA H200')."""
-    code = "import jax; d = jax.devices()[0]; print(d.platform, d.device_kind)"
+    code = "import jax; d = jax.devices()[0]; print(d.platform if d.device_kind == d.platform else f'{d.platform} {d.device_kind}')"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 

@@ -67,7 +67,7 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     assert second.returncode == 0, output
     for name in rows:
         info = run_json(results, name)
-        assert info["finished"] is True and info["device"] == "cpu cpu"
+        assert info["finished"] is True and info["device"] == "cpu"
         assert info["argv"][:6] == ["-m", "train.main", "--epochs", "2", "--samples-per-task", "16"]
         metrics = (results / "runs" / "2x16" / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in metrics] == [0, 1]  # the stopped epoch is not repeated
