@@ -25,16 +25,12 @@ _ACTIVATIONS = {
 
 
 def _physical_transpose(matrix: jax.Array) -> jax.Array:
-    """matrix.T as a real copy on CPU. XLA folds a plain transpose into the dot that reads it as a layout, and
-    XLA:CPU runs a bfloat16 dot whose left operand contracts over its first dimension (a weight gradient,
-    x.T @ dy) at about a third of the speed of the other form (docs/benchmarks.md): the flat copy behind an
-    optimization barrier keeps the transposed order in memory."""
+    """matrix.T as a real copy. XLA folds a plain transpose into the dot that reads it as a layout, and XLA:CPU
+    runs a bfloat16 dot whose left operand contracts over its first dimension (a weight gradient, x.T @ dy) at
+    about a third of the speed of the other form (docs/benchmarks.md): the flat copy behind an optimization
+    barrier keeps the transposed order in memory."""
     rows, cols = matrix.shape
-
-    def copied(m):
-        return jax.lax.optimization_barrier(m.T.reshape(-1)).reshape(cols, rows)
-
-    return jax.lax.platform_dependent(matrix, cpu=copied, default=lambda m: m.T)
+    return jax.lax.optimization_barrier(matrix.T.reshape(-1)).reshape(cols, rows)
 
 
 def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
@@ -64,12 +60,18 @@ _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bw
 
 
 def _low_precision_dense_product(inputs, kernel, dimension_numbers, precision=None, preferred_element_type=None):
-    """nn.Dense's product for bfloat16/float16 computation: float32 accumulation, output in the input dtype,
-    and weight gradients in the form XLA:CPU runs fast. (nn.Dense always contracts the inputs' last axis with
-    the kernel's first.)"""
-    del dimension_numbers, precision, preferred_element_type
-    product = _low_precision_matmul(inputs.reshape(-1, inputs.shape[-1]), kernel)
-    return product.astype(inputs.dtype).reshape(*inputs.shape[:-1], kernel.shape[-1])
+    """nn.Dense's product for bfloat16/float16 computation. On CPU: float32 accumulation, output in the input
+    dtype, and the weight gradient in the form XLA:CPU runs fast (nn.Dense always contracts the inputs' last
+    axis with the kernel's first). Elsewhere the plain product, which GPU libraries run well already."""
+
+    def on_cpu(inputs, kernel):
+        product = _low_precision_matmul(inputs.reshape(-1, inputs.shape[-1]), kernel)
+        return product.astype(inputs.dtype).reshape(*inputs.shape[:-1], kernel.shape[-1])
+
+    def elsewhere(inputs, kernel):
+        return jax.lax.dot_general(inputs, kernel, dimension_numbers, precision, preferred_element_type)
+
+    return jax.lax.platform_dependent(inputs, kernel, cpu=on_cpu, default=elsewhere)
 
 
 def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
