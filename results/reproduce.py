@@ -47,6 +47,8 @@ ROWS = {
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
     "cross-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
                                   "--sts-head", "linear", "--sts-target", "scaled", "--lr", "1e-4"], {}),
+    "cross-pcgrad-mean-lr5e-5-bf16": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
+                                       "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5", "--dtype", "bfloat16"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
