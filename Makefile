@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CHECKPOINT := checkpoints/minilm-l6
 TRAIN_ARGS ?=
-# The budget of results/README.md's table; RESULTS_ARGS="--rows NAME" runs one row.
+# The 1 x 2,000 budget of results/README.md (every row); RESULTS_ARGS="--rows NAME" runs one row.
 RESULTS_ARGS ?=
 
 .PHONY: setup train test convert results
