@@ -97,7 +97,7 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
         shutil.rmtree(run_dir)
     command = [sys.executable, "-m", "train.main", "--resume", str(run_dir), "--quiet"] if resumed else argv
     print(f"{name}: {' '.join(command[1:])}", flush=True)
-    start = time.time()
+    start, commit = time.time(), git_commit()  # the code the row starts with, whatever changes while it runs
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a") if log_to_file else open(sys.stdout.fileno(), "w", closefd=False) as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -110,7 +110,7 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
         raise RuntimeError(f"{name}: train.main exited with status {returncode}" +
                            (f" (log: {run_dir / 'train.log'})" if log_to_file else ""))
     wall_time = previous.get("wall_time_s", 0) + time.time() - start
-    info = {"argv": argv[1:], "wall_time_s": round(wall_time, 1), "commit": git_commit(), "device": device,
+    info = {"argv": argv[1:], "wall_time_s": round(wall_time, 1), "commit": commit, "device": device,
             "finished": returncode == 0}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"{name}: {'done' if returncode == 0 else 'stopped (the next call resumes it)'} after "

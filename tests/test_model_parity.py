@@ -150,13 +150,14 @@ def test_bfloat16_dense_product_and_gradients_match_float64(jit):
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6)
 
 
-@pytest.mark.parametrize("rate, shape", [(0.1, (1001, 999)), (0.3, (7, 3, 5)), (0.0, (4, 4))])
-def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape):
+@pytest.mark.parametrize("rate, shape, dtype", [(0.1, (1001, 999), "float32"), (0.3, (7, 3, 5), "float32"),
+                                               (0.1, (64, 33), "bfloat16"), (0.0, (4, 4), "float32")])
+def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape, dtype):
     import jax.numpy as jnp
 
     from bert_flax.modeling import Dropout
 
-    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, shape), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, shape), dtype)
     dropout = Dropout(rate)
     out = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1, impl="rbg")}))
     again = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1, impl="rbg")}))
@@ -165,7 +166,13 @@ def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape):
     np.testing.assert_array_equal(np.asarray(dropout.apply({}, x, deterministic=True)), np.asarray(x))
     kept = out != 0
     keep = round((1 - rate) * 65536) / 65536
-    np.testing.assert_allclose(out[kept], np.asarray(x)[kept] / np.float32(keep), rtol=2.4e-7)  # 2 ulp
+    assert out.dtype == x.dtype
+    ratio = out[kept].astype(np.float64) / np.asarray(x, np.float64)[kept] * keep  # 1 up to rounding
+    if dtype == "float32":
+        np.testing.assert_allclose(ratio, 1, rtol=2.4e-7)  # 2 ulp
+    else:
+        # Each value rounded once to bfloat16, without a bias (a keep probability rounded to bfloat16 gives 1.7e-3).
+        assert np.abs(ratio - 1).max() <= 2 ** -8 and abs(ratio.mean() - 1) < 2e-4
     if rate:
         assert (out != other).any()
         # 10^6 draws: the kept fraction is within 5 standard deviations of the keep probability.
