@@ -31,6 +31,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent
 REPO = RESULTS.parent
 
+# The best reference row with pairs cross-encoded (one [CLS] a [SEP] b [SEP] sequence), so with the linear
+# STS head on the scaled target and no cosine feature.
+CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature", "--sts-head", "linear",
+         "--sts-target", "scaled"]
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -39,16 +43,12 @@ ROWS = {
     "cosine-pcgrad": (["--preset", "cosine-pcgrad"], dict(sst=0.511, para=0.735, sts=0.583, overall=0.679)),
     "cosine-pcgrad-mean": (["--preset", "cosine-pcgrad-mean"], dict(sst=0.499, para=0.726, sts=0.798, overall=0.708)),
     "cosfeat-pcgrad-mean": (["--preset", "cosfeat-pcgrad-mean"], dict(sst=0.526, para=0.726, sts=0.795, overall=0.716)),
-    # Beyond the reference: the best row's setup at learning rates suited to the small model, and pairs
-    # cross-encoded (one [CLS] a [SEP] b [SEP] sequence) with the scaled STS target.
+    # Beyond the reference: the best row's setup at learning rates suited to the small model, and CROSS.
     "cosfeat-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--lr", "5e-5"], {}),
     "cosfeat-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--lr", "1e-4"], {}),
-    "cross-pcgrad-mean-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
-                                  "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5"], {}),
-    "cross-pcgrad-mean-lr1e-4": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
-                                  "--sts-head", "linear", "--sts-target", "scaled", "--lr", "1e-4"], {}),
-    "cross-pcgrad-mean-lr5e-5-bf16": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature",
-                                       "--sts-head", "linear", "--sts-target", "scaled", "--lr", "5e-5", "--dtype", "bfloat16"], {}),
+    "cross-pcgrad-mean-lr5e-5": ([*CROSS, "--lr", "5e-5"], {}),
+    "cross-pcgrad-mean-lr1e-4": ([*CROSS, "--lr", "1e-4"], {}),
+    "cross-pcgrad-mean-lr5e-5-bf16": ([*CROSS, "--lr", "5e-5", "--dtype", "bfloat16"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
@@ -143,10 +143,9 @@ def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[s
     return not stopping.is_set()
 
 
-def best_dev(run_dir: Path) -> dict:
-    """The dev metrics of the run's best epoch (by overall score)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return max(records, key=lambda r: r["dev"]["overall"])["dev"]
+def epoch_records(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl, one record per finished epoch."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def budgets() -> list[str]:
@@ -175,10 +174,7 @@ def summarize() -> None:
     scores, finished = {}, {}
     for tag in budgets():
         epochs, samples = tag.split("x")
-        table = ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
-                 "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time | device | commit |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
-        notes = []
+        table, notes = [], []
         for name in ROWS:
             run_dir = RESULTS / "runs" / tag / name
             if not (run_dir / "metrics.jsonl").exists() or not (run_dir / "run.json").exists():
@@ -186,9 +182,10 @@ def summarize() -> None:
             info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
             if info.get("note") and info["note"] not in notes:
                 notes.append(info["note"])
-            dev = scores[tag, name] = best_dev(run_dir)
+            records = epoch_records(run_dir)
+            dev = scores[tag, name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]  # the best epoch's
             finished[tag, name] = info.get("finished", True)  # run.json of older rows was written when they finished
-            done = len((run_dir / "metrics.jsonl").read_text().splitlines())
+            done = len(records)
             cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference else (f"{dev[t]:.3f}" if t in dev else "")
                      for t in ("sst", "para", "sts")]
             if "cfimdb" in dev:
@@ -203,8 +200,10 @@ def summarize() -> None:
                 if (run_dir / item).exists():
                     shutil.copyfile(run_dir / item, target / item)
             shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
-        if len(table) > 5:  # a budget whose rows have no finished epoch yet gets no table
-            lines += table + [f"\nNote: {note}" for note in notes]
+        if table:  # a budget whose rows have no finished epoch yet gets no table
+            lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
+                      "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time | device "
+                      "| commit |", "|---|---|---|---|---|---|---|---|---|---|", *table, *[f"\nNote: {note}" for note in notes]]
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
     complete = [key for key in multitask if finished[key]]  # only these have test predictions
