@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 16)")
     p.add_argument("--dtype", help="float32 (default) or bfloat16: the encoder's computation dtype (parameters and "
-                                   "optimizer state stay float32; bfloat16 steps are about 1.3x faster on this CPU)")
+                                   "optimizer state stay float32; bfloat16 steps are about 1.5x faster on this CPU)")
     p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
                                                     "(default 64; more pad less)")
     p.add_argument("--seed", type=int)
