@@ -1,22 +1,24 @@
-"""Evaluation throughput: the JAX predict functions against a PyTorch reference forward pass.
+"""Evaluation throughput: the JAX Predictor against a PyTorch reference forward pass.
 
-    .venv/bin/python bench/bench_eval.py [--split dev] [--eval-batch-size 128] [--max-batches 8] [--dtype float32]
+    .venv/bin/python bench/bench_eval.py [--split dev] [--eval-batch-size 128] [--max-examples 0] [--dtype float32]
 
-Per task, the JAX side runs train/evaluate.py's jitted predict function over
-TaskData.eval_batches (length-sorted batches padded to the task's buckets); the PyTorch
-reference (transformers' BertModel, no_grad, eval mode, the heads of train/model.py)
-runs the same batches with padding rows dropped and each sentence batch cut to its
-longest sentence. `--max-batches N` keeps N batches spread evenly over the length-sorted
-split (short to long; 0: all). Each kept batch runs once untimed (JAX compiles its shape),
-then both sides are timed batch by batch, interleaved. Reports sentences per second
-(a bi-encoded pair is two sentences), the ratio, tokens fed over real tokens, forward
-GFLOP/s on real tokens (2N tokens + 4 layers hidden L^2), and how far the predictions agree.
+Per task, the whole split, or with `--max-examples N` N examples spread evenly over its
+lengths (a quick look: batches of a sparser sample span more lengths and pad more). The JAX side is train/evaluate.py's Predictor, as a training run evaluates: host
+batching, placement and predictions; a bi-encoded pair's two sentences are encoded apart, in
+batches of sentences of their own length. The PyTorch reference (transformers' BertModel,
+no_grad, eval mode, the heads of train/model.py) runs batches of whole examples, length-sorted
+as data.length_sorted_batches makes them, with padding rows dropped and each sentence batch
+(a and b apart) cut to its longest sentence. JAX runs once untimed (it compiles its shapes),
+PyTorch one batch; then each side runs `--repeats` times timed, alternating. Reports sentences per second (a
+bi-encoded pair is two sentences), the ratio, tokens fed over real tokens, forward GFLOP/s on
+real tokens (2N tokens + 4 layers hidden L^2), and how far the predictions agree.
 Prints a table and one `JSON: ` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -43,17 +45,26 @@ def torch_predictions(outputs, task: str, config) -> np.ndarray:
     return torch.clamp(5.0 * outputs, 0.0, 5.0).numpy()
 
 
-def select(batches: list, count: int) -> list:
-    if count <= 0 or count >= len(batches):
-        return batches
-    return [batches[i] for i in np.linspace(0, len(batches) - 1, count).round().astype(int)]
+def spread(encoded, count: int):
+    """`encoded` cut to `count` examples spread evenly over its lengths (all of it if count is 0 or more)."""
+    if count <= 0 or count >= len(encoded):
+        return encoded
+    order = np.argsort(encoded.key_lengths, kind="stable")
+    rows = np.sort(order[np.linspace(0, len(order) - 1, count).round().astype(int)])
+    keep = np.append(rows, -1)  # the padding row stays last
+    return dataclasses.replace(
+        encoded, ids=[encoded.ids[i] for i in rows], labels=None if encoded.labels is None else encoded.labels[rows],
+        input_ids=encoded.input_ids[:, keep], token_type_ids=encoded.token_type_ids[:, keep],
+        lengths=encoded.lengths[:, keep],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="dev")
     parser.add_argument("--eval-batch-size", type=int, default=128)
-    parser.add_argument("--max-batches", type=int, default=8, help="batches per task, spread over the lengths; 0: all")
+    parser.add_argument("--max-examples", type=int, default=0, help="examples per task, spread over the lengths; 0: all")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (the fastest counts)")
     parser.add_argument("--preset", default="cosfeat-pcgrad-mean", help="a train.config preset; 'none' for the defaults")
     parser.add_argument("--tasks", default="sst,para,sts")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
@@ -64,21 +75,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-compile-cache", action="store_true", help="skip the persistent XLA compilation cache")
     args = parser.parse_args(argv)
 
-    import jax
-    import jax.numpy as jnp
     import torch
 
-    from train.evaluate import make_predict_fns
-    from train.model import MultitaskBert
+    from data import length_sorted_batches
 
     load_before = common.start_comparison(args.threads, not args.no_compile_cache)
     preset = None if args.preset in ("none", "") else args.preset
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    run = common.load_run(preset, args.init_checkpoint, 32, eval_batch_size=args.eval_batch_size, tasks=tasks)
+    run = common.load_run(preset, args.init_checkpoint, 32, eval_batch_size=args.eval_batch_size, tasks=tasks,
+                          dtype=args.dtype)
     config = run.config
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    model = MultitaskBert(run.bert_config, config, dtype=dtype)
-    predict_fns = make_predict_fns(model, config)
     params = run.init_params()
     torch_model = None if args.skip_torch else common.make_torch_model(run, params, args.torch_attn).eval()
 
@@ -91,69 +97,65 @@ def main(argv: list[str] | None = None) -> dict:
     for task in tasks:
         data = run.data[task]
         mode = data.mode
-        all_batches = list(data.eval_batches(args.split, args.eval_batch_size))
-        batches = select(all_batches, args.max_batches)
-        jax_batches = [jax.device_put({k: v for k, v in b.items() if k != "index"}) for b in batches]
-        torch_batches = [common.torch_sides(b, mode) for b in batches]
-        sentences = sum(int((b["weights"] > 0).sum()) * (2 if mode == "bi" else 1) for b in batches)
-        real = np.concatenate([common.real_lengths(b, mode) for b in batches])
-        fed = np.concatenate([common.fed_lengths(b) for b in batches])
-        longest = np.concatenate([common.longest_lengths(b, mode) for b in batches])
+        encoded = spread(data.split(args.split), args.max_examples)
+        pair_batches = list(length_sorted_batches(encoded, data.buckets, args.eval_batch_size))
+        jax_batches = list(length_sorted_batches(encoded.sentences(), data.buckets, args.eval_batch_size))
+        torch_batches = [(b["index"][b["weights"] > 0], common.torch_sides(b, mode)) for b in pair_batches]
+        sentences = len(encoded) * (2 if mode == "bi" else 1)
+        real = np.concatenate([common.real_lengths(b, mode) for b in pair_batches])
+        fed = np.concatenate([common.fed_lengths(b) for b in jax_batches])
+        longest = np.concatenate([common.longest_lengths(b, mode) for b in pair_batches])
 
-        def jax_run(i):
-            return np.asarray(predict_fns[task](params, jax_batches[i]))
+        def jax_run():
+            return run.predictor(params, task, encoded, data.buckets)
 
-        def torch_run(i):
+        def torch_run(batches=torch_batches):
+            out = np.zeros(len(encoded))
             with torch.no_grad(), autocast():
-                return torch_predictions(torch_model(torch_batches[i], task), task, config)
+                for index, sides in batches:
+                    out[index] = torch_predictions(torch_model(sides, task), task, config)
+            return out
 
         start = time.perf_counter()
-        for i in range(len(batches)):
-            jax_run(i)
+        jax_run()
         warmup = time.perf_counter() - start
         if torch_model is not None:
-            torch_run(0)
-        times = {"jax": 0.0, "torch": 0.0}
-        agree, max_diff = [], 0.0
-        for i, batch in enumerate(batches):
-            t0 = time.perf_counter()
-            ours = jax_run(i)
-            t1 = time.perf_counter()
-            times["jax"] += t1 - t0
-            if torch_model is None:
-                continue
-            theirs = torch_run(i)
-            times["torch"] += time.perf_counter() - t1
-            ours = ours[np.asarray(batch["weights"]) > 0]
-            if task == "sts":
-                max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
-            else:
-                agree.append(ours == theirs)
+            torch_run(torch_batches[:1])
+        times, outputs = {"jax": [], "torch": []}, {}
+        for _ in range(args.repeats):
+            for side, fn in (("jax", jax_run), ("torch", torch_run)):
+                if side == "torch" and torch_model is None:
+                    continue
+                t0 = time.perf_counter()
+                outputs[side] = fn()
+                times[side].append(time.perf_counter() - t0)
+        ours, theirs = outputs["jax"], outputs.get("torch")
+        seconds = {side: min(t) for side, t in times.items() if t}
         flops = common.encoder_flops(run.bert_config, real, train=False)
         entry = {
             "mode": mode,
-            "batches": len(batches),
-            "batches_in_split": len(all_batches),
+            "examples": len(encoded),
+            "examples_in_split": len(data.split(args.split)),
             "sentences": sentences,
             "real_tokens": int(real.sum()),
             "jax_warmup_s": round(warmup, 2),
-            "jax_seconds": round(times["jax"], 4),
-            "jax_sentences_per_s": sentences / times["jax"],
+            "jax_seconds": round(seconds["jax"], 4),
+            "jax_sentences_per_s": sentences / seconds["jax"],
             "jax_fed_over_real": float(fed.sum() / real.sum()),
-            "jax_gflops_real": flops / times["jax"] / 1e9,
+            "jax_gflops_real": flops / seconds["jax"] / 1e9,
         }
         if torch_model is not None:
             entry.update({
-                "torch_seconds": round(times["torch"], 4),
-                "torch_sentences_per_s": sentences / times["torch"],
+                "torch_seconds": round(seconds["torch"], 4),
+                "torch_sentences_per_s": sentences / seconds["torch"],
                 "torch_fed_over_real": float(longest.sum() / real.sum()),
-                "torch_gflops_real": flops / times["torch"] / 1e9,
-                "jax_over_torch": times["torch"] / times["jax"],
+                "torch_gflops_real": flops / seconds["torch"] / 1e9,
+                "jax_over_torch": seconds["torch"] / seconds["jax"],
             })
             if task == "sts":
-                entry["max_abs_diff"] = max_diff
+                entry["max_abs_diff"] = float(np.abs(ours - theirs).max())
             else:
-                entry["agreement"] = float(np.concatenate(agree).mean())
+                entry["agreement"] = float(np.mean(ours == theirs))
         per_task[task] = entry
         rows.append({"task": f"{task} ({mode})", **entry})
 
@@ -169,9 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
           f"{load_before} before / {info['load_average']} after")
     print(f"split {args.split}, eval batch {args.eval_batch_size}, preset {preset}, {args.dtype}, "
-          f"up to {args.max_batches or 'all'} batches per task")
+          f"up to {args.max_examples or 'all'} examples per task, best of {args.repeats}")
     common.print_table(rows, [
-        ("task", "task", "s"), ("batches", "batches", "d"), ("sentences", "sentences", "d"),
+        ("task", "task", "s"), ("examples", "examples", "d"), ("sentences", "sentences", "d"),
         ("jax_sentences_per_s", "jax sent/s", ".1f"), ("torch_sentences_per_s", "torch sent/s", ".1f"),
         ("jax_over_torch", "jax/torch", ".2f"), ("jax_fed_over_real", "jax fed/real", ".3f"),
         ("torch_fed_over_real", "torch fed/real", ".3f"), ("jax_gflops_real", "jax GFLOP/s", ".1f"),
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": info,
         "split": args.split,
         "eval_batch_size": args.eval_batch_size,
-        "max_batches": args.max_batches,
+        "max_examples": args.max_examples,
+        "repeats": args.repeats,
         "preset": preset,
         "dtype": args.dtype,
         "tasks": per_task,

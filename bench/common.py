@@ -313,7 +313,7 @@ def make_torch_model(run, params, attn_implementation: str = "sdpa"):
                 return self.heads[f"{task}_classifier"](self.dropout(self.embed(sides[0])))
             features = self.pair_features(sides)
             name = "para_classifier" if task == "para" else "sts_regressor"
-            if config.pair_encoding == "cross":
+            if config.pair_mode(task) == "cross":
                 return self.heads[name](self.dropout(features[0]))[:, 0]
             u, v = features
             # As train/model.py: u.v / max(|u| |v|, eps).

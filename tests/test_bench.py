@@ -74,8 +74,12 @@ def test_bench_train_tiny(tiny_checkpoint):
 
 
 def test_bench_eval_tiny(tiny_checkpoint):
-    result = run_script("bench_eval.py", "--init-checkpoint", str(tiny_checkpoint), "--max-batches", "1")
+    result = run_script("bench_eval.py", "--init-checkpoint", str(tiny_checkpoint), "--max-examples", "40",
+                        "--repeats", "1")
     assert set(result["tasks"]) == {"sst", "para", "sts"}
+    assert all(task["examples"] == 40 for task in result["tasks"].values())
+    assert result["tasks"]["para"]["agreement"] == result["tasks"]["sst"]["agreement"] == 1.0
+    assert result["tasks"]["sts"]["max_abs_diff"] < 1e-4
     assert result["all"]["jax_sentences_per_s"] > 0 and result["all"]["torch_sentences_per_s"] > 0
 
 

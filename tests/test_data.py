@@ -23,6 +23,7 @@ from data import (
     choose_buckets,
     encode_split,
     get_builder,
+    length_sorted_batches,
     load_split,
     prefetch_to_device,
     read_rows,
@@ -470,11 +471,13 @@ def test_bi_mode_padding_is_bounded_by_the_pair_length_mismatch(task_data, task)
     assert stats["padding_ratio"] <= 1.15 * floor, (stats["padding_ratio"], floor)
 
 
-@pytest.mark.parametrize("task, mode, split", [("sst", None, "dev"), ("sst", None, "test"), ("sts", "bi", "dev")])
-def test_eval_batches_cover_the_split_once(task_data, task, mode, split):
+@pytest.mark.parametrize("task, mode, split, sentences", [
+    ("sst", None, "dev", False), ("sst", None, "test", False), ("sts", "bi", "dev", False), ("sts", "bi", "dev", True),
+])
+def test_eval_batches_cover_the_split_once(task_data, task, mode, split, sentences):
     data = task_data(task, mode)
-    encoded = data.split(split)
-    batches = list(data.eval_batches(split))
+    encoded = data.split(split).sentences() if sentences else data.split(split)
+    batches = list(length_sorted_batches(encoded, data.buckets, data.batch_size))
     index = np.concatenate([b["index"] for b in batches])
     assert sorted(index[index >= 0]) == list(range(len(encoded)))
     padding = len(batches) * data.batch_size - len(encoded)
@@ -487,10 +490,25 @@ def test_eval_batches_cover_the_split_once(task_data, task, mode, split):
         assert b["input_ids"].shape[1] in data.buckets and b["index"].dtype == np.int32
         assert b["input_ids"].shape[1] >= encoded.key_lengths[b["index"][b["index"] >= 0]].max()
         np.testing.assert_array_equal(b["weights"], b["index"] >= 0)
-        assert ("labels" in b) == (split != "test")
-        if split != "test":
+        assert ("labels" in b) == (split != "test" and not sentences)
+        if "labels" in b:
             real = b["index"] >= 0
             np.testing.assert_array_equal(b["labels"][real], encoded.labels[b["index"][real]])
+
+
+def test_sentences_of_a_bi_split_are_its_a_then_b_sentences(task_data):
+    """Row i of `sentences()` is sentence a of pair i and row n + i its sentence b, with the
+    tokens, types and length of the pair batch; index -1 is still the padding row."""
+    pairs = task_data("sts", "bi").split("dev")
+    sentences, n = pairs.sentences(), len(pairs)
+    assert len(sentences) == 2 * n and sentences.mode == "single" and sentences.labels is None
+    rows = np.array([0, n - 1])
+    for half in (0, 1):
+        for name in ("input_ids", "token_type_ids", "lengths"):
+            np.testing.assert_array_equal(getattr(sentences, name)[0, half * n + rows], getattr(pairs, name)[half, rows])
+    np.testing.assert_array_equal(sentences.input_ids[0, -1], pairs.input_ids[0, -1])
+    np.testing.assert_array_equal(sentences.key_lengths, pairs.lengths[:, :-1].reshape(-1))
+    assert task_data("sst").split("dev").sentences() is task_data("sst").split("dev")
 
 
 # ---------------------------------------------------------------- devices

@@ -53,7 +53,9 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--preset", "nope"], "--preset 'nope' does not exist"),
     (["--pooling", "avg"], "--pooling 'avg': choose from cls, mean, max"),
     (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
-    (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross has no sentence embeddings"),
+    (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross: a cross-encoded pair has no sentence"),
+    (["--pair-encoding", "para=cross", "--para-cos-feature"], "--pair-encoding para=cross: a cross-encoded pair has no"),
+    (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--pool-batches", "0"], "--pool-batches must be positive"),
 ])
@@ -81,6 +83,7 @@ COMBINATIONS = [
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
     dict(tasks=("cfimdb",), pooling="max", sampling="min"),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
+    dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine", shared_layer=True, pcgrad=True),
 ]
 
 
@@ -110,6 +113,31 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     assert bool(stats) == config.pcgrad
 
 
+@pytest.mark.parametrize("overrides", [dict(pooling="max", shared_layer=True),
+                                       dict(pooling="mean", sts_head="cosine", para_cos_feature=True),
+                                       dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine")])
+def test_sentence_level_predictions_match_the_pair_batches(tiny_encoder, small_data, overrides):
+    """The Predictor encodes a bi-encoded pair's sentences apart, each padded to its own length; the
+    predictions must be those of the model on whole pair batches."""
+    from data import length_sorted_batches
+    from train.losses import predictions
+
+    config = tiny_config(tiny_encoder, small_data, **overrides)
+    run = loop.Run(config, tiny_encoder)
+    params = run.init_params()
+    for task in ("para", "sts"):
+        data = run.data[task]
+        encoded = data.split("dev")
+        expected = np.zeros(len(encoded))
+        for batch in length_sorted_batches(encoded, data.buckets, config.eval_batch_size):
+            index = batch.pop("index")
+            outputs = run.model.apply({"params": params}, batch, task)
+            expected[index[index >= 0]] = np.asarray(predictions(outputs, task, config))[index >= 0]
+        got = run.predictor(params, task, encoded, data.buckets)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -129,7 +157,7 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
         predict = loop.Run.predict
         patch.setattr(loop.Run, "predict",
-                      lambda self, params, fns, split: PREDICTED_SPLITS.append(split) or predict(self, params, fns, split))
+                      lambda self, params, split: PREDICTED_SPLITS.append(split) or predict(self, params, split))
         assert main.main(argv) == 0
     return run_dir
 

@@ -24,7 +24,9 @@ class TrainConfig:
     tasks: tuple[str, ...] = ("sst", "para", "sts")
     option: str = "finetune"  # finetune | pretrain (encoder frozen, heads only)
     pooling: str = "cls"  # cls (pooler output) | mean | max
-    pair_encoding: str = "bi"  # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence
+    # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence | per task, e.g. "para=cross"
+    # (a task left out is bi)
+    pair_encoding: str = "bi"
     para_cos_feature: bool = False
     sts_head: str = "linear"  # linear | cosine
     sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
@@ -53,7 +55,6 @@ class TrainConfig:
         choices = {
             "option": ("finetune", "pretrain"),
             "pooling": ("cls", "mean", "max"),
-            "pair_encoding": ("bi", "cross"),
             "sts_head": ("linear", "cosine"),
             "sts_target": ("binary", "scaled"),
             "sampling": ("resample", "min", "proportional", "annealed"),
@@ -66,13 +67,32 @@ class TrainConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ConfigError(f"--tasks {','.join(self.tasks)}: choose a subset of {', '.join(TASKS)}")
-        if self.pair_encoding == "cross" and (self.sts_head == "cosine" or self.para_cos_feature):
-            raise ConfigError("--pair-encoding cross has no sentence embeddings: it excludes --sts-head cosine and --para-cos-feature")
+        encodings = self._pair_encodings()
+        if encodings["sts"] == "cross" and self.sts_head == "cosine" or encodings["para"] == "cross" and self.para_cos_feature:
+            raise ConfigError(f"--pair-encoding {self.pair_encoding}: a cross-encoded pair has no sentence embeddings; "
+                              "it excludes --sts-head cosine (sts) and --para-cos-feature (para)")
         for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout {self.dropout}: must be in [0, 1)")
+
+    def _pair_encodings(self) -> dict[str, str]:
+        value, modes = self.pair_encoding, ("bi", "cross")
+        if value in modes:
+            return {"para": value, "sts": value}
+        encodings = {"para": "bi", "sts": "bi"}
+        for item in value.split(","):
+            task, _, mode = item.partition("=")
+            if task not in encodings or mode not in modes:
+                raise ConfigError(f"--pair-encoding {value!r}: choose bi, cross, or TASK=MODE[,TASK=MODE] with TASK "
+                                  "para or sts and MODE bi or cross")
+            encodings[task] = mode
+        return encodings
+
+    def pair_mode(self, task: str) -> str:
+        """How the sentence pairs of `task` (para or sts) are encoded: "bi" or "cross"."""
+        return self._pair_encodings()[task]
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as JSON."""
@@ -111,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated subset of " + ",".join(TASKS))
     p.add_argument("--option", help="finetune (default) or pretrain (encoder frozen, heads only)")
     p.add_argument("--pooling", help="cls (default), mean or max")
-    p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings) or cross (one pair sequence)")
+    p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings), cross (one pair sequence), or per "
+                                           "task, e.g. para=cross (a task left out is bi)")
     _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")
     p.add_argument("--sts-head", help="linear (default) or cosine")
     p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")

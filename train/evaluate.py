@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -13,13 +14,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from scipy.stats import pearsonr
 
-from data.input_pipeline import shard_batch
+from data.input_pipeline import EncodedSplit, length_sorted_batches, shard_batch
 
 from .config import TrainConfig
 from .losses import predictions
 from .model import MultitaskBert
 
-__all__ = ["make_predict_fns", "predict_split", "task_metric", "overall_score", "write_predictions"]
+__all__ = ["Predictor", "predict_split", "task_metric", "overall_score", "write_predictions"]
 
 # Column header of each task's prediction file, as the CS224N scripts write them.
 PREDICTION_HEADERS = {
@@ -30,25 +31,60 @@ PREDICTION_HEADERS = {
 }
 
 
-def make_predict_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
-    """Per task: jitted (params, batch) -> predictions on the reporting scale."""
+class Predictor:
+    """A model's jitted prediction functions: `predictor(params, task, encoded, buckets)` gives the predictions
+    for every example of a tokenized split, in file order, on the task's reporting scale.
 
-    def predict(params, batch, task):
-        return predictions(model.apply({"params": params}, batch, task), task, config)
+    A bi-encoded pair task encodes each sentence once, in length-sorted batches of sentences
+    (`EncodedSplit.sentences`), then runs its head on the two sentences' features: a batch of pairs
+    would pad both sentences of a pair to the longer one's bucket.
+    """
 
-    return {task: jax.jit(lambda p, b, task=task: predict(p, b, task)) for task in config.tasks}
+    def __init__(self, model: MultitaskBert, config: TrainConfig, mesh: Mesh, batch_size: int | None = None):
+        self.mesh = mesh
+        self.batch_size = batch_size or config.eval_batch_size
+
+        def predict(params, batch, task):
+            if "u" in batch:
+                outputs = model.apply({"params": params}, batch["u"], batch["v"], task, method=MultitaskBert.pair_head)
+            else:
+                outputs = model.apply({"params": params}, batch, task)
+            return predictions(outputs, task, config)
+
+        self._predict = {task: jax.jit(functools.partial(predict, task=task)) for task in config.tasks}
+        self._features = jax.jit(lambda p, b: model.apply({"params": p}, b, method=MultitaskBert.pair_features))
+
+    def __call__(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray) -> np.ndarray:
+        if encoded.mode == "bi":
+            sentences = encoded.sentences()
+            batches = length_sorted_batches(sentences, buckets, self.batch_size)
+            features = predict_split(self._features, params, batches, len(sentences), self.mesh)
+            batches = _feature_batches(features[: len(encoded)], features[len(encoded) :], self.batch_size)
+        else:
+            batches = length_sorted_batches(encoded, buckets, self.batch_size)
+        return predict_split(self._predict[task], params, batches, len(encoded), self.mesh)
+
+
+def _feature_batches(u: np.ndarray, v: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of pair features "u", "v" in file order, with "index" (-1 and zeros for padding rows)."""
+    for start in range(0, len(u), batch_size):
+        index = np.arange(start, start + batch_size)
+        real = index < len(u)
+        rows = np.where(real, index, 0)
+        yield {"u": np.where(real[:, None], u[rows], 0.0), "v": np.where(real[:, None], v[rows], 0.0),
+               "index": np.where(real, index, -1).astype(np.int32)}
 
 
 def predict_split(predict_fn: Callable, params, batches: Iterable[dict], size: int, mesh: Mesh) -> np.ndarray:
-    """Runs `predict_fn` over host eval batches, each placed on `mesh`, and returns the predictions in file
-    order (gathered from every process in a multi-process run)."""
+    """Runs `predict_fn` over host eval batches, each placed on `mesh`, and returns its outputs per row
+    (size rows, by `batch["index"]`), gathered from every process in a multi-process run."""
     out = None
     for batch in batches:
         index = np.asarray(batch["index"])
         placed = shard_batch({k: v for k, v in batch.items() if k != "index"}, mesh)
         values = multihost_utils.process_allgather(predict_fn(params, placed), tiled=True)
         if out is None:
-            out = np.zeros(size, values.dtype)
+            out = np.zeros((size,) + values.shape[1:], values.dtype)
         real = index >= 0
         out[index[real]] = values[real]
     return out

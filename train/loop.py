@@ -34,7 +34,7 @@ from data.tasks import FAMILIES, DataError
 
 from .config import TASKS, TrainConfig
 from .distributed import any_process, barrier, is_main_process, main_process_first
-from .evaluate import make_predict_fns, overall_score, predict_split, task_metric, write_predictions
+from .evaluate import Predictor, overall_score, task_metric, write_predictions
 from .model import MultitaskBert
 from .step import TrainState, init_state, make_grad_fns, make_optimizer, make_update
 
@@ -89,6 +89,7 @@ class Run:
         self.encoder_dir = encoder_dir
         self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.predictor = Predictor(self.model, config, self.mesh)
 
     @functools.cached_property
     def data(self) -> dict[str, input_pipeline.TaskData]:
@@ -98,7 +99,7 @@ class Run:
             return {
                 task: input_pipeline.TaskData(
                     TASKS[task],
-                    mode=cfg.pair_encoding if task in ("para", "sts") else "single",
+                    mode=cfg.pair_mode(task) if task in ("para", "sts") else "single",
                     batch_size=cfg.batch_size,
                     max_length=cfg.max_length,
                     num_buckets=cfg.num_buckets,
@@ -139,14 +140,14 @@ class Run:
 
     def init_params(self):
         """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
-        examples = {t: _placeholder_batch(2 if t in ("para", "sts") and self.config.pair_encoding == "bi" else 1)
+        examples = {t: _placeholder_batch(2 if t in ("para", "sts") and self.config.pair_mode(t) == "bi" else 1)
                     for t in self.config.tasks}
         init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"],
                        out_shardings=self.replicated)
         return {**init(jax.random.key(self.config.seed)),
                 "bert": input_pipeline.place(self.encoder_params, self.replicated)}
 
-    def predict(self, params, predict_fns, split: str) -> dict[str, np.ndarray]:
+    def predict(self, params, split: str) -> dict[str, np.ndarray]:
         """Per task that has the split (CFIMDB ships no test file), predictions for every example of `split`,
         in file order."""
         preds = {}
@@ -154,8 +155,7 @@ class Run:
             if split not in FAMILIES[TASKS[task]].files:
                 continue
             data = self.data[task]
-            batches = data.eval_batches(split, self.config.eval_batch_size)
-            preds[task] = predict_split(predict_fns[task], params, batches, len(data.split(split)), self.mesh)
+            preds[task] = self.predictor(params, task, data.split(split), data.buckets)
         return preds
 
     def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -182,9 +182,9 @@ class Run:
                 raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
                                "the previous file is kept") from None
 
-    def evaluate(self, params, predict_fns, split: str, out_dir: Path | None = None) -> dict[str, float]:
+    def evaluate(self, params, split: str, out_dir: Path | None = None) -> dict[str, float]:
         """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
-        preds = self.predict(params, predict_fns, split)
+        preds = self.predict(params, split)
         if out_dir is not None:
             self.write_predictions(split, preds, out_dir)
         return self.score(split, preds)
@@ -300,7 +300,6 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
     main_process_first("task data", lambda: run.data)
     tx = make_optimizer(config)
     grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
-    predict_fns = make_predict_fns(run.model, config)
     # Every leaf replicated (the step counters too): the update's output shardings then match its inputs and it
     # compiles once, not again at the second step.
     state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=run.replicated)(run.init_params())
@@ -322,7 +321,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                 _say(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
                       f"continue with --resume {run_dir}")
                 return {}
-            dev_preds = run.predict(state.params, predict_fns, "dev")
+            dev_preds = run.predict(state.params, "dev")
             dev = run.score("dev", dev_preds)
             if is_main_process():
                 with open(run_dir / "metrics.jsonl", "a") as f:
@@ -344,7 +343,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                 return {}
     finally:
         interrupt.restore()
-    return finish_run(run, run_dir, predict_fns)
+    return finish_run(run, run_dir)
 
 
 def _fresh_totals(tasks) -> dict:
@@ -469,14 +468,14 @@ def _best_params(run_dir: Path, params_target):
     return tree["params"], meta
 
 
-def finish_run(run: Run, run_dir: Path, predict_fns) -> dict:
+def finish_run(run: Run, run_dir: Path) -> dict:
     """With the best epoch's parameters: writes test predictions (and dev ones if the best epoch did not),
     best_encoder/ and curves.png."""
     params, meta = _best_params(run_dir, run.init_params())
     out_dir = run_dir / "predictions"
     dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
     for split in ("test",) if dev_written else ("dev", "test"):
-        run.evaluate(params, predict_fns, split, out_dir)
+        run.evaluate(params, split, out_dir)
     if is_main_process():
         save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
                         run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
@@ -499,9 +498,8 @@ def load_run(run_dir: Path) -> tuple[Run, dict]:
 def evaluate_run(run_dir: Path, splits: tuple[str, ...] = ("dev", "test")) -> dict:
     """Re-scores a run's best checkpoint on dev and rewrites its prediction files."""
     run, params = load_run(run_dir)
-    predict_fns = make_predict_fns(run.model, run.config)
     metrics = {}
     for split in splits:
-        scores = run.evaluate(params, predict_fns, split, run_dir / "predictions")
+        scores = run.evaluate(params, split, run_dir / "predictions")
         metrics.update({f"{split}_{k}": v for k, v in scores.items()})
     return metrics

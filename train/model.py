@@ -68,15 +68,23 @@ class MultitaskBert(nn.Module):
             out = jax.lax.stop_gradient(out)
         return pool(out, batch["attention_mask"], self.config.pooling).astype(jnp.float32)
 
-    def _pair_features(self, batch: dict, deterministic: bool):
-        """(u, v) for bi-encoding, or the single pooled pair embedding for cross-encoding."""
+    def pair_features(self, batch: dict, deterministic: bool = True) -> jax.Array:
+        """Per row of a pair batch, the features its head reads: the pooled embedding, through the shared
+        layer if configured (bi-encoding: a sentence's features; cross-encoding: the pair's)."""
         pooled = self.embed(batch, deterministic)
         if self.config.shared_layer:
             pooled = nn.relu(self.pair_shared(self.dropout(pooled, deterministic=deterministic)))
-        if self.config.pair_encoding == "cross":
-            return pooled
-        half = pooled.shape[0] // 2
-        return pooled[:half], pooled[half:]
+        return pooled
+
+    def pair_head(self, u: jax.Array, v: jax.Array, task: str, deterministic: bool = True) -> jax.Array:
+        """A bi-encoded pair task's output from the features of its sentences a (`u`) and b (`v`)."""
+        if task == "sts" and self.config.sts_head == "cosine":
+            return cosine_similarity(u, v)
+        inputs = [u, v]
+        if task == "para" and self.config.para_cos_feature:
+            inputs.append(cosine_similarity(u, v)[:, None])
+        head = self.para_classifier if task == "para" else self.sts_regressor
+        return head(self.dropout(jnp.concatenate(inputs, axis=-1), deterministic=deterministic))[:, 0]
 
     def __call__(self, batch: dict, task: str, deterministic: bool = True) -> jax.Array:
         def drop(x):
@@ -85,18 +93,12 @@ class MultitaskBert(nn.Module):
         if task in NUM_CLASSES:
             classifier = self.sst_classifier if task == "sst" else self.cfimdb_classifier
             return classifier(drop(self.embed(batch, deterministic)))
-        features = self._pair_features(batch, deterministic)
-        if self.config.pair_encoding == "cross":
+        features = self.pair_features(batch, deterministic)
+        if self.config.pair_mode(task) == "cross":
             head = self.para_classifier if task == "para" else self.sts_regressor
             return head(drop(features))[:, 0]
-        u, v = features
-        if task == "sts" and self.config.sts_head == "cosine":
-            return cosine_similarity(u, v)
-        inputs = [u, v]
-        if task == "para" and self.config.para_cos_feature:
-            inputs.append(cosine_similarity(u, v)[:, None])
-        head = self.para_classifier if task == "para" else self.sts_regressor
-        return head(drop(jnp.concatenate(inputs, axis=-1)))[:, 0]
+        half = features.shape[0] // 2
+        return self.pair_head(features[:half], features[half:], task, deterministic)
 
     def all_tasks(self, example_batches: dict[str, dict]):
         """Runs every task of `example_batches`: used with `init` so that each task's head is created."""

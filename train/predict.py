@@ -47,12 +47,15 @@ def predict_lines(run_dir: Path, lines: list[tuple[str, ...]]) -> list[str]:
                 spread = " ".join(f"{p:.2f}" for p in probs)
                 parts.append(f"sentiment {int(probs.argmax())} ({SENTIMENT_NAMES[int(probs.argmax())]}; p = {spread})")
         if len(line) == 2:
-            batch = pair_batch(tokenizer, [line[0]], [line[1]], cfg.pair_encoding, cfg.max_length)
+            def pair_output(task):
+                batch = pair_batch(tokenizer, [line[0]], [line[1]], cfg.pair_mode(task), cfg.max_length)
+                return apply(params, batch, task)
+
             if "para" in cfg.tasks:
-                logit = float(apply(params, batch, "para")[0])
+                logit = float(pair_output("para")[0])
                 parts.append(f"paraphrase probability {float(jax.nn.sigmoid(logit)):.3f}")
             if "sts" in cfg.tasks:
-                similarity = float(predictions(apply(params, batch, "sts"), "sts", cfg)[0])
+                similarity = float(predictions(pair_output("sts"), "sts", cfg)[0])
                 parts.append(f"similarity {similarity:.2f}/5")
         out.append(" | ".join(parts) if parts else "no task of this run applies")
     return out
