@@ -40,18 +40,19 @@ EPOCHS = 2
 
 
 class Training:
-    """A `python -m train.main` child process of the repository root; stdout lines are kept as they come."""
+    """A `python -m train.main` child process; its stdout lines (without the newline) are collected as they come.
+    tests/test_reliability.py drives its runs with this class too."""
 
-    def __init__(self, argv: list[str], log: Path):
-        self.log = log
-        with open(log, "a") as stderr:
+    def __init__(self, argv: list[str], cwd: Path, stderr: Path):
+        self.stderr = stderr
+        with open(stderr, "a") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "train.main", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
+                [sys.executable, "-m", "train.main", *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=err,
                 text=True, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
             )
         self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read)
-        self.reader.start()
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -63,13 +64,17 @@ class Training:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-        self.reader.join()
+        self._reader.join()
         return self.proc.returncode
 
     def kill(self) -> None:
         """SIGKILL, then reap."""
         self.proc.kill()
         self.wait()
+
+    def output(self) -> str:
+        """Its stdout and the end of its stderr file, for failure messages."""
+        return "\n".join(self.lines) + "\n--- stderr:\n" + self.stderr.read_text()[-3000:]
 
 
 def small_data(rows: int, out: Path) -> Path:
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in ("reference", "repeat"):
             start = time.perf_counter()
-            training = Training(flags + ["--run-dir", str(root / name)], log)
+            training = Training(flags + ["--run-dir", str(root / name)], REPO, log)
             if training.wait(args.timeout) != 0:
                 print(f"the {name} run failed (exit code {training.proc.returncode}); see {log}")
                 return 1
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         for kill in range(args.kills):
             delay = (0.05 + slice_width * (kill + rng.random())) * report["repeat_s"]
             run_dir = root / f"killed-{kill}"
-            training = Training(flags + ["--run-dir", str(run_dir)], log)
+            training = Training(flags + ["--run-dir", str(run_dir)], REPO, log)
             code = training.wait(delay)
             if code is None:
                 training.kill()
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"kill {kill} after {delay:.1f} s: {landed}; {snapshot(run_dir)}")
             start = time.perf_counter()
-            resumed = Training(["--resume", str(run_dir), "--quiet"], log)
+            resumed = Training(["--resume", str(run_dir), "--quiet"], REPO, log)
             if resumed.wait(args.timeout) != 0:
                 print(f"  the resumed run failed (exit code {resumed.proc.returncode}); see {log}")
                 return 1

@@ -12,9 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,9 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bench.kill_resume import Training, complete_steps
 from data import tfds_builders
 from data.tasks import MalformedRowWarning
-from tests.helpers import REPO
 from train import evaluate, loop, main
 
 TIMING_FIELDS = ("step_time_s", "examples_per_s")
@@ -44,56 +41,25 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("workdir")
 
 
-class Training:
-    """A `python -m train.main` subprocess; its stdout lines are collected as they are printed."""
+def wait_for(training: Training, condition, what: str, timeout: float = 300) -> None:
+    """Polls `condition` every millisecond; fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if training.proc.poll() is not None:
+            pytest.fail(f"the run ended (exit code {training.wait()}) before {what}:\n{training.output()}")
+        if time.monotonic() > deadline:
+            training.kill()
+            pytest.fail(f"no {what} after {timeout} s:\n{training.output()}")
+        time.sleep(0.001)
 
-    def __init__(self, workdir: Path, argv: list[str]):
-        self.stderr = workdir / f"stderr-{time.monotonic_ns()}.txt"
-        with open(self.stderr, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "train.main", *argv], cwd=workdir, stdout=subprocess.PIPE, stderr=stderr,
-                text=True, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
-            )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read)
-        self._reader.start()
 
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def output(self) -> str:
-        """Its stdout and the end of its stderr, for failure messages."""
-        return "".join(self.lines) + "\n--- stderr:\n" + self.stderr.read_text()[-3000:]
-
-    def wait_for(self, condition, what: str, timeout: float = 300) -> None:
-        """Polls `condition` every millisecond; fails if the run ends first."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.proc.poll() is not None:
-                self._reader.join()
-                pytest.fail(f"the run ended (exit code {self.proc.returncode}) before {what}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"no {what} after {timeout} s:\n{self.output()}")
-            time.sleep(0.001)
-
-    def kill(self) -> None:
-        """SIGKILL, at once."""
-        self.proc.kill()
-        self.finish()
-
-    def finish(self, timeout: float = 300) -> int:
-        """Waits for the exit; returns the exit code."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:
-            self._reader.join()
-        return self.proc.returncode
+def finish(training: Training, timeout: float = 300) -> int:
+    """Waits for the exit (killing the run after `timeout` seconds); returns the exit code."""
+    code = training.wait(timeout)
+    if code is None:
+        training.kill()
+        pytest.fail(f"the run did not end in {timeout} s:\n{training.output()}")
+    return code
 
 
 @pytest.fixture
@@ -102,7 +68,7 @@ def trainings():
     started = []
 
     def start(workdir, argv):
-        started.append(Training(workdir, argv))
+        started.append(Training(argv, workdir, workdir / f"stderr-{time.monotonic_ns()}.txt"))
         return started[-1]
 
     yield start
@@ -115,14 +81,15 @@ def trainings():
 def reference(workdir, tiny_encoder, small_data, tmp_path_factory) -> Path:
     """A run never stopped."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    training = Training(workdir, tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir)))
-    assert training.finish() == 0, training.output()
+    training = Training(tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir)), workdir,
+                        workdir / "stderr-reference.txt")
+    assert finish(training) == 0, training.output()
     return run_dir
 
 
 def steps(manager_dir: Path) -> set[int]:
     """The complete checkpoints of a checkpoint manager directory."""
-    return {int(p.name) for p in manager_dir.glob("*") if p.name.isdigit()} if manager_dir.exists() else set()
+    return set(complete_steps(manager_dir))
 
 
 def position(manager_dir: Path) -> dict:
@@ -203,13 +170,13 @@ def test_run_killed_five_times_resumes_to_the_uninterrupted_result(workdir, refe
     argv = tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir))
     for where, when, landed in kills:
         training = trainings(workdir, argv)
-        training.wait_for(when(training), f"the kill point {where!r}")
+        wait_for(training, when(training), f"the kill point {where!r}")
         training.kill()
         if landed is not None:
             assert landed(), f"the kill {where} came too late:\n{training.output()}"
         argv = ["--resume", str(run_dir), "--quiet"]
     training = trainings(workdir, argv)
-    assert training.finish() == 0, training.output()
+    assert finish(training) == 0, training.output()
     assert not list(run_dir.glob("checkpoints/*/*orbax-checkpoint-tmp*"))
     assert_same_outcome(run_dir, reference)
 
@@ -219,11 +186,11 @@ def test_ctrl_c_in_the_last_step_of_an_epoch_stops_at_its_checkpoint(workdir, ti
     run_dir = tmp_path / "run"
     training = trainings(workdir, tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir)))
     # The first checkpoint is taken after step 2 of 3: the signal comes in step 3 (or in the dev evaluation after it).
-    training.wait_for(lambda: steps(run_dir / "checkpoints" / "latest"), "a first checkpoint")
+    wait_for(training, lambda: steps(run_dir / "checkpoints" / "latest"), "a first checkpoint")
     training.proc.send_signal(signal.SIGINT)
-    assert training.finish() == 130, training.output()
+    assert finish(training) == 130, training.output()
     assert "Traceback" not in training.output()
-    assert training.lines[-1] == f"interrupted: checkpoint saved at the end of epoch 0; continue with --resume {run_dir}\n"
+    assert training.lines[-1] == f"interrupted: checkpoint saved at the end of epoch 0; continue with --resume {run_dir}"
     _, saved = checkpoint(run_dir / "checkpoints" / "latest")
     assert (saved["epoch"], saved["next_step"], saved["global_step"]) == (1, 0, 3)
     assert len(metric_lines(run_dir)) == 1
@@ -233,9 +200,9 @@ def test_ctrl_c_during_set_up_exits_130_and_says_how_to_resume(workdir, tiny_enc
                                                                trainings):
     run_dir = tmp_path / "run"
     training = trainings(workdir, tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir)))
-    training.wait_for(lambda: (run_dir / "config.json").exists(), "config.json")
+    wait_for(training, lambda: (run_dir / "config.json").exists(), "config.json")
     training.proc.send_signal(signal.SIGINT)
-    assert training.finish() == 130, training.output()
+    assert finish(training) == 130, training.output()
     assert f"interrupted; continue with --resume {run_dir}" in training.output()
     assert "Traceback" not in training.output()
     assert not steps(run_dir / "checkpoints" / "latest")
