@@ -181,6 +181,15 @@ def test_run_killed_five_times_resumes_to_the_uninterrupted_result(workdir, refe
     assert_same_outcome(run_dir, reference)
 
 
+def test_a_run_resumed_with_more_epochs_ends_as_the_longer_run(reference, tiny_encoder, small_data, tmp_path):
+    """A finished one-epoch run extended with `--resume RUN --epochs 2` equals the two-epoch run never stopped."""
+    run_dir = tmp_path / "run"
+    assert main.main(tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir), "--epochs", "1")) == 0
+    assert main.main(["--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
+    assert_same_outcome(run_dir, reference)
+
+
 def test_ctrl_c_in_the_last_step_of_an_epoch_stops_at_its_checkpoint(workdir, tiny_encoder, small_data, tmp_path,
                                                                       trainings):
     run_dir = tmp_path / "run"

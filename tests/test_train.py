@@ -271,9 +271,15 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder,
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_refuses_contradicting_flags(finished_run, capsys):
+def test_resume_refuses_contradicting_flags(finished_run, tmp_path, capsys):
     assert main.main(["--resume", str(finished_run), "--lr", "0.5"]) == 1
     assert "--lr 0.5 (the run has 0.001)" in capsys.readouterr().err
+    assert main.main(["--resume", str(finished_run), "--epochs", "1"]) == 1
+    assert "--epochs 1 (the run has 2)" in capsys.readouterr().err
+    annealed = json.loads((finished_run / "config.json").read_text()) | {"sampling": "annealed"}
+    (tmp_path / "config.json").write_text(json.dumps(annealed))
+    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
+    assert "a run with annealed sampling cannot be extended" in capsys.readouterr().err
 
 
 TWO_DEVICE_SCRIPT = """

@@ -287,15 +287,13 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dict:
     enable_compilation_cache()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        if (run_dir / "config.json").exists():
-            raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} "
-                           "or choose another --run-dir")
-        barrier("run directory checked")  # before the main process writes config.json
-        if is_main_process():
-            tmp = run_dir / "config.json.tmp"
-            config.to_json(tmp)
-            tmp.replace(run_dir / "config.json")
+    if not resume and (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} or choose another --run-dir")
+    barrier("run directory checked")  # before the main process writes config.json
+    if is_main_process():  # on --resume the saved settings, or more --epochs
+        tmp = run_dir / "config.json.tmp"
+        config.to_json(tmp)
+        tmp.replace(run_dir / "config.json")
     run = Run(config, main_process_first("init checkpoint", lambda: ensure_init_checkpoint(config.init_checkpoint)))
     main_process_first("task data", lambda: run.data)
     tx = make_optimizer(config)

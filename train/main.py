@@ -13,7 +13,8 @@ from .loop import RunError, train
 
 
 def _resumed_config(run_dir: Path, argv) -> TrainConfig:
-    """The run's saved config; a flag given with --resume must agree with it."""
+    """The run's saved config; a flag given with --resume must agree with it, except a larger --epochs, which
+    extends the run (not with annealed sampling, whose schedule spans the planned epochs)."""
     if not (run_dir / "config.json").exists():
         raise RunError(f"--resume {run_dir}: not a run directory (no config.json)")
     try:
@@ -22,6 +23,11 @@ def _resumed_config(run_dir: Path, argv) -> TrainConfig:
         raise RunError(f"--resume {run_dir}: config.json does not hold a run's settings ({err})") from None
     given, _ = parse_args([a for a in argv if not a.startswith("--resume") and a != str(run_dir)])
     explicit = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    if "epochs" in explicit and given.epochs > saved.epochs:
+        if saved.sampling == "annealed":
+            raise ConfigError(f"--resume {run_dir} --epochs {given.epochs}: a run with annealed sampling cannot be "
+                              "extended (its schedule spans the planned epochs)")
+        saved = dataclasses.replace(saved, epochs=given.epochs)
     conflicts = [
         f"--{f.name.replace('_', '-')} {getattr(given, f.name)!r} (the run has {getattr(saved, f.name)!r})"
         for f in dataclasses.fields(TrainConfig)
