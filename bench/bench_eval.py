@@ -3,15 +3,17 @@
     .venv/bin/python bench/bench_eval.py [--split dev] [--eval-batch-size 128] [--max-examples 0] [--dtype float32]
 
 Per task, the whole split, or with `--max-examples N` N examples spread evenly over its
-lengths (a quick look: batches of a sparser sample span more lengths and pad more). The JAX side is train/evaluate.py's Predictor, as a training run evaluates: host
-batching, placement and predictions; a bi-encoded pair's two sentences are encoded apart, in
-batches of sentences of their own length. The PyTorch reference (transformers' BertModel,
-no_grad, eval mode, the heads of train/model.py) runs batches of whole examples, length-sorted
-as data.length_sorted_batches makes them, with padding rows dropped and each sentence batch
-(a and b apart) cut to its longest sentence. JAX runs once untimed (it compiles its shapes),
-PyTorch one batch; then each side runs `--repeats` times timed, alternating. Reports sentences per second (a
-bi-encoded pair is two sentences), the ratio, tokens fed over real tokens, forward GFLOP/s on
-real tokens (2N tokens + 4 layers hidden L^2), and how far the predictions agree.
+lengths (a quick look: batches of a sparser sample span more lengths and pad more). The JAX
+side is train/evaluate.py's Predictor, as a training run evaluates: host batching, placement
+and predictions; a bi-encoded pair's two sentences are encoded apart, in batches of sentences
+of their own length. The PyTorch reference (transformers' BertModel, no_grad, eval mode, the
+heads of train/model.py) runs batches of whole examples, length-sorted as
+data.length_sorted_batches makes them, with padding rows dropped and each sentence batch (a
+and b apart) cut to its longest sentence. JAX runs once untimed (it compiles its shapes),
+PyTorch one batch; then each side runs `--repeats` times timed, alternating. Reports sentences
+per second (a bi-encoded pair is two sentences), the ratio, tokens fed over real tokens,
+forward GFLOP/s on real tokens (2N tokens + 4 layers hidden L^2), and how far the predictions
+agree.
 Prints a table and one `JSON: ` line.
 """
 

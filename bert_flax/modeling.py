@@ -154,8 +154,7 @@ class BertSelfAttention(nn.Module):
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
         # Softmax in float32 even when computing in bfloat16.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1).astype(self.dtype)
-        if not deterministic and cfg.attention_probs_dropout_prob > 0:
-            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
+        probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs, value).transpose(0, 2, 1, 3)
         return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
 

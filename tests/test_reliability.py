@@ -20,12 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bench.kill_resume import Training, complete_steps
+from bench.kill_resume import TIMING_FIELDS, Training, complete_steps
 from data import tfds_builders
 from data.tasks import MalformedRowWarning
 from train import evaluate, loop, main
-
-TIMING_FIELDS = ("step_time_s", "examples_per_s")
 
 
 def tiny_args(tiny_encoder, small_data, *more: str) -> list[str]:
