@@ -22,6 +22,7 @@ check that the script runs. Prints a table and one `JSON: ` line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, help="override the number of layers")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="computation dtype")
     parser.add_argument("--dropout", action="store_true", help="dropout 0.1 as in BERT (default off)")
+    parser.add_argument(
+        "--fused-attention", action="store_true", help="cuDNN flash attention (NVIDIA GPUs; not with --dropout)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of the device in the dtype")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     rate = 0.1 if args.dropout else 0.0
     config = BertConfig(vocab_size=30522, hidden_dropout_prob=rate, attention_probs_dropout_prob=rate, **shape)
     dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[args.dtype]
-    model = BertModel(config, dtype=dtype)
+    model = BertModel(config, dtype=dtype, fused_attention=args.fused_attention)
 
     key = jax.random.key(args.seed)
     ids = jax.random.randint(key, (batch_size, seq_len), 0, config.vocab_size, dtype=jnp.int32)
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": shape,
         "dtype": args.dtype,
         "dropout": args.dropout,
+        "fused_attention": args.fused_attention,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "batch_size": batch_size,
         "seq_len": seq_len,
         "steps": steps,
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "jax": jax.__version__,
     }
     print(f"{result['device']} x{result['devices']}, jax {jax.__version__}, {args.dtype} compute, "
+          f"{'fused' if args.fused_attention else 'einsum'} attention, "
           f"{shape['num_hidden_layers']} layers hidden {shape['hidden_size']}, batch {batch_size} x {seq_len} tokens, "
           f"{steps} steps after {args.warmup} warm-up steps ({warmup_s:.1f} s incl. compilation)")
     common.print_table([result], [
