@@ -49,7 +49,7 @@ class JaxTrainer:
 
         from train.step import init_state, make_optimizer, make_update
 
-        tx = make_optimizer(config)
+        tx = make_optimizer(config, run.total_steps())
         self.tasks = config.tasks
         self.grad_fns = grad_fns
         self.update = make_update(config, tx)

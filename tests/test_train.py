@@ -77,7 +77,8 @@ def expected_modules(config: TrainConfig) -> set[str]:
 
 COMBINATIONS = [
     dict(),
-    dict(pooling="max", sts_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias"),
+    dict(pooling="max", sts_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
+         lr_schedule="linear"),
     dict(pooling="mean", sts_head="cosine", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
     dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
@@ -93,7 +94,7 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
 
     config = tiny_config(tiny_encoder, small_data, **overrides)
     run = loop.Run(config, tiny_encoder)
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, total_steps=4)
     state = init_state(run.init_params(), tx)
     before = jax.device_get(state.params)
     batches, _ = next(run.train_steps(0))
@@ -280,6 +281,24 @@ def test_resume_refuses_contradicting_flags(finished_run, tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(annealed))
     assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
     assert "a run with annealed sampling cannot be extended" in capsys.readouterr().err
+    linear = json.loads((finished_run / "config.json").read_text()) | {"lr_schedule": "linear"}
+    (tmp_path / "config.json").write_text(json.dumps(linear))
+    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
+    assert "a run with --lr-schedule linear cannot be extended" in capsys.readouterr().err
+
+
+def test_linear_schedule_decays_to_zero_at_the_last_step():
+    from train.step import make_optimizer
+
+    tx = make_optimizer(TrainConfig(lr=1e-3, lr_schedule="linear"), total_steps=4)
+    params = {"w": jax.numpy.ones(3)}
+    state = tx.init(params)
+    steps = []
+    for _ in range(5):
+        # A constant gradient makes the bias-corrected Adam direction 1 (to eps / 3.2): each update is -lr_t.
+        updates, state = tx.update({"w": jax.numpy.full(3, 100.0)}, state, params)
+        steps.append(float(updates["w"][0]))
+    np.testing.assert_allclose(steps, [-1e-3, -7.5e-4, -5e-4, -2.5e-4, 0.0], rtol=1e-5, atol=1e-12)
 
 
 TWO_DEVICE_SCRIPT = """
@@ -289,7 +308,7 @@ from train.config import TrainConfig
 from train.step import init_state, make_grad_fns, make_optimizer
 config = TrainConfig(**json.loads(sys.argv[1]))
 run = loop.Run(config, config.init_checkpoint)
-state = init_state(run.init_params(), make_optimizer(config))
+state = init_state(run.init_params(), make_optimizer(config, total_steps=1))
 batches, _ = next(run.train_steps(0))
 grad_fns = make_grad_fns(run.model, config)
 print(json.dumps({"devices": jax.device_count(), "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0]) for t in config.tasks]}))

@@ -34,6 +34,7 @@ class TrainConfig:
     pcgrad: bool = False
     dropout: float = 0.3
     lr: float = 1e-5
+    lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
     weight_decay: float = 0.0
     decay_mask: str = "all"  # all | no-layernorm-bias
     epochs: int = 10
@@ -58,6 +59,7 @@ class TrainConfig:
             "sts_head": ("linear", "cosine"),
             "sts_target": ("binary", "scaled"),
             "sampling": ("resample", "min", "proportional", "annealed"),
+            "lr_schedule": ("constant", "linear"),
             "decay_mask": ("all", "no-layernorm-bias"),
             "dtype": ("float32", "bfloat16"),
         }
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(p, "pcgrad", "combine task gradients with PCGrad instead of summing them")
     p.add_argument("--dropout", type=float)
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")
     p.add_argument("--epochs", type=int)

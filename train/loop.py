@@ -123,6 +123,11 @@ class Run:
             seed=cfg.seed,
         )
 
+    def total_steps(self) -> int:
+        """Updates over every epoch of the run (the length of a decaying learning-rate schedule)."""
+        stream = self.stream()
+        return sum(stream.steps_per_epoch(epoch) for epoch in range(self.config.epochs))
+
     def train_steps(self, epoch: int, start_step: int = 0):
         """The epoch's steps from `start_step` as ({task: batch on the devices}, {task: real examples})."""
         families = {TASKS[t]: t for t in self.config.tasks}
@@ -296,7 +301,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
         tmp.replace(run_dir / "config.json")
     run = Run(config, main_process_first("init checkpoint", lambda: ensure_init_checkpoint(config.init_checkpoint)))
     main_process_first("task data", lambda: run.data)
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, run.total_steps())
     grad_fns, update = make_grad_fns(run.model, config), make_update(config, tx)
     # Every leaf replicated (the step counters too): the update's output shardings then match its inputs and it
     # compiles once, not again at the second step.

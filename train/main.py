@@ -14,7 +14,8 @@ from .loop import RunError, train
 
 def _resumed_config(run_dir: Path, argv) -> TrainConfig:
     """The run's saved config; a flag given with --resume must agree with it, except a larger --epochs, which
-    extends the run (not with annealed sampling, whose schedule spans the planned epochs)."""
+    extends the run (not with annealed sampling or a decaying learning rate, whose schedules span the planned
+    epochs)."""
     if not (run_dir / "config.json").exists():
         raise RunError(f"--resume {run_dir}: not a run directory (no config.json)")
     try:
@@ -24,9 +25,11 @@ def _resumed_config(run_dir: Path, argv) -> TrainConfig:
     given, _ = parse_args([a for a in argv if not a.startswith("--resume") and a != str(run_dir)])
     explicit = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if "epochs" in explicit and given.epochs > saved.epochs:
-        if saved.sampling == "annealed":
-            raise ConfigError(f"--resume {run_dir} --epochs {given.epochs}: a run with annealed sampling cannot be "
-                              "extended (its schedule spans the planned epochs)")
+        spanning = [s for s, used in (("annealed sampling", saved.sampling == "annealed"),
+                                      (f"--lr-schedule {saved.lr_schedule}", saved.lr_schedule != "constant")) if used]
+        if spanning:
+            raise ConfigError(f"--resume {run_dir} --epochs {given.epochs}: a run with {' and '.join(spanning)} cannot "
+                              "be extended (its schedule spans the planned epochs)")
         saved = dataclasses.replace(saved, epochs=given.epochs)
     conflicts = [
         f"--{f.name.replace('_', '-')} {getattr(given, f.name)!r} (the run has {getattr(saved, f.name)!r})"

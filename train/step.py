@@ -44,10 +44,12 @@ def is_shared_param(path: tuple) -> bool:
     return getattr(first, "key", first) in SHARED_MODULES
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The CS224N AdamW; with --option pretrain the encoder gets no update at all (not even decay)."""
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The CS224N AdamW over a run of `total_steps` updates; with --option pretrain the encoder gets no update at
+    all (not even decay)."""
     mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
-    tx = adamw(config.lr, weight_decay=config.weight_decay, decay_mask=mask)
+    lr = config.lr if config.lr_schedule == "constant" else optax.linear_schedule(config.lr, 0.0, total_steps)
+    tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask)
     if config.option == "finetune":
         return tx
     labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
