@@ -76,6 +76,9 @@ class MultitaskBert(nn.Module):
             pooled = nn.relu(self.pair_shared(self.dropout(pooled, deterministic=deterministic)))
         return pooled
 
+    def _pair_dense(self, task: str) -> nn.Dense:
+        return self.para_classifier if task == "para" else self.sts_regressor
+
     def pair_head(self, u: jax.Array, v: jax.Array, task: str, deterministic: bool = True) -> jax.Array:
         """A bi-encoded pair task's output from the features of its sentences a (`u`) and b (`v`)."""
         if task == "sts" and self.config.sts_head == "cosine":
@@ -83,8 +86,7 @@ class MultitaskBert(nn.Module):
         inputs = [u, v]
         if task == "para" and self.config.para_cos_feature:
             inputs.append(cosine_similarity(u, v)[:, None])
-        head = self.para_classifier if task == "para" else self.sts_regressor
-        return head(self.dropout(jnp.concatenate(inputs, axis=-1), deterministic=deterministic))[:, 0]
+        return self._pair_dense(task)(self.dropout(jnp.concatenate(inputs, axis=-1), deterministic=deterministic))[:, 0]
 
     def __call__(self, batch: dict, task: str, deterministic: bool = True) -> jax.Array:
         def drop(x):
@@ -95,8 +97,7 @@ class MultitaskBert(nn.Module):
             return classifier(drop(self.embed(batch, deterministic)))
         features = self.pair_features(batch, deterministic)
         if self.config.pair_mode(task) == "cross":
-            head = self.para_classifier if task == "para" else self.sts_regressor
-            return head(drop(features))[:, 0]
+            return self._pair_dense(task)(drop(features))[:, 0]
         half = features.shape[0] // 2
         return self.pair_head(features[:half], features[half:], task, deterministic)
 
