@@ -107,6 +107,19 @@ def test_dropout_is_off_by_default_and_on_when_asked(minilm_flax_dir):
     assert np.abs(np.asarray(dropped["last_hidden_state"]) - np.asarray(first)).max() > 1e-2
 
 
+def test_fused_attention_runs_the_einsum_path_under_attention_dropout(minilm_flax_dir):
+    """JAX exposes no dropout for cuDNN's attention kernel: with attention dropout on, a fused_attention model
+    computes exactly what the einsum model does (and so runs on a CPU)."""
+    model, params = from_pretrained(minilm_flax_dir)
+    fused = BertModel(model.config, model.dtype, fused_attention=True)
+    batch = Tokenizer.from_pretrained(minilm_flax_dir)(task_sentences(4, seed=5))
+    args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    rngs = {"dropout": jax.random.key(1)}
+    plain = model.apply({"params": params}, *args, deterministic=False, rngs=rngs)["last_hidden_state"]
+    same = fused.apply({"params": params}, *args, deterministic=False, rngs=rngs)["last_hidden_state"]
+    np.testing.assert_array_equal(plain, same)
+
+
 def test_bfloat16_compute_keeps_float32_params(minilm_flax_dir):
     import jax.numpy as jnp
 
