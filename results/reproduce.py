@@ -53,9 +53,9 @@ ROWS = {
     "paracross-cosine-scaled-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
                                         "--no-para-cos-feature", "--sts-target", "scaled", "--lr", "5e-5"], {}),
     # The same with the learning rate decaying linearly to 0 over the run.
-    "paracross-cosine-scaled-lr5e-5-linear": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
-                                               "--no-para-cos-feature", "--sts-target", "scaled", "--lr", "5e-5",
-                                               "--lr-schedule", "linear"], {}),
+    **{f"paracross-cosine-scaled-lr{lr}-linear": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
+                                                   "--no-para-cos-feature", "--sts-target", "scaled", "--lr", lr,
+                                                   "--lr-schedule", "linear"], {}) for lr in ("5e-5", "1e-4")},
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
