@@ -52,6 +52,10 @@ ROWS = {
     # Paraphrase cross-encoded, STS bi-encoded with the cosine head on the scaled target (as Sentence-BERT trains it).
     "paracross-cosine-scaled-lr5e-5": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
                                         "--no-para-cos-feature", "--sts-target", "scaled", "--lr", "5e-5"], {}),
+    # The same with another seed (data order, dropout and head initialisation): the run-to-run spread.
+    "paracross-cosine-scaled-lr5e-5-seed2": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
+                                              "--no-para-cos-feature", "--sts-target", "scaled", "--lr", "5e-5",
+                                              "--seed", "2"], {}),
     # The same with the learning rate decaying linearly to 0 over the run.
     **{f"paracross-cosine-scaled-lr{lr}-linear": (["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
                                                    "--no-para-cos-feature", "--sts-target", "scaled", "--lr", lr,
