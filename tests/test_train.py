@@ -277,14 +277,12 @@ def test_resume_refuses_contradicting_flags(finished_run, tmp_path, capsys):
     assert "--lr 0.5 (the run has 0.001)" in capsys.readouterr().err
     assert main.main(["--resume", str(finished_run), "--epochs", "1"]) == 1
     assert "--epochs 1 (the run has 2)" in capsys.readouterr().err
-    annealed = json.loads((finished_run / "config.json").read_text()) | {"sampling": "annealed"}
-    (tmp_path / "config.json").write_text(json.dumps(annealed))
-    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
-    assert "a run with annealed sampling cannot be extended" in capsys.readouterr().err
-    linear = json.loads((finished_run / "config.json").read_text()) | {"lr_schedule": "linear"}
-    (tmp_path / "config.json").write_text(json.dumps(linear))
-    assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
-    assert "a run with --lr-schedule linear cannot be extended" in capsys.readouterr().err
+    saved = json.loads((finished_run / "config.json").read_text())
+    spanning = (({"sampling": "annealed"}, "annealed sampling"), ({"lr_schedule": "linear"}, "--lr-schedule linear"))
+    for setting, named in spanning:
+        (tmp_path / "config.json").write_text(json.dumps(saved | setting))
+        assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
+        assert f"a run with {named} cannot be extended" in capsys.readouterr().err
 
 
 def test_linear_schedule_decays_to_zero_at_the_last_step():
