@@ -13,10 +13,12 @@ Run directory layout:
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -201,14 +203,55 @@ def _say(message: str) -> None:
         print(message)
 
 
+def _remove_unfinished_checkpoints(directory: Path, patience_s: float = 30.0) -> None:
+    """Deletes the temporary directories of checkpoint writes that never finished (a kill, a full disk).
+
+    Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp...` and renames it when complete. After a
+    failed write in this process, orbax's other writer threads of that checkpoint can still be adding files
+    (a full disk fails one item first), so a directory found not empty while being deleted is tried again
+    until `patience_s` has passed. (Orbax's own clean-up runs once, in the background, and gives up.)"""
+    deadline = time.monotonic() + patience_s
+    for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):
+        while unfinished.exists():
+            try:
+                shutil.rmtree(unfinished)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def _wait_for_writers(directory: Path, quiet_s: float = 0.5, patience_s: float = 30.0) -> None:
+    """Returns once no file under `directory`'s unfinished checkpoints has changed for `quiet_s`: when one item
+    of a checkpoint fails (a full disk), orbax reports it while the writers of the other items go on."""
+    def snapshot():
+        return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in directory.glob("*.orbax-checkpoint-tmp*/**/*")
+                if p.is_file()}
+
+    deadline = time.monotonic() + patience_s
+    previous, quiet_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            current = snapshot()
+        except FileNotFoundError:  # a file renamed or removed while listed
+            current = None
+        if current != previous:
+            previous, quiet_since = current, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
 def _checkpoint_managers(run_dir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-    # Orbax writes a checkpoint into a temporary directory and renames it when complete; one left by a kill or a
-    # failed write (a full disk) is removed when the managers are opened.
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True)
-    return (
-        ocp.CheckpointManager((run_dir / "checkpoints" / "latest").resolve(), options=options),
-        ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options),
-    )
+    directories = [(run_dir / "checkpoints" / name).resolve() for name in ("latest", "best")]
+    if is_main_process():
+        for directory in directories:
+            _remove_unfinished_checkpoints(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=False)
+    latest, best = (ocp.CheckpointManager(directory, options=options) for directory in directories)
+    return latest, best
 
 
 def _state_dict(state: TrainState) -> dict:
@@ -232,6 +275,7 @@ def _save(manager: ocp.CheckpointManager, step: int, tree, meta: dict) -> None:
         reason = _os_error(err)
         if reason is None:
             raise
+        _wait_for_writers(Path(manager.directory))
         raise RunError(f"{manager.directory}: cannot write checkpoint {step} ({reason}); "
                        "the previous checkpoint is kept") from None
 
