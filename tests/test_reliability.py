@@ -279,9 +279,8 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tiny_encode
     assert list(latest.glob("2.orbax-checkpoint-tmp*"))
     manager, _ = loop._checkpoint_managers(run_dir)
     assert manager.latest_step() == 1
-    deadline = time.monotonic() + 30
-    while list(latest.glob("2.orbax-checkpoint-tmp*")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert not list(latest.glob("2.orbax-checkpoint-tmp*"))
+    time.sleep(1)  # nothing of the failed write comes back
     assert not list(latest.glob("2.orbax-checkpoint-tmp*"))
 
 
