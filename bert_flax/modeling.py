@@ -85,11 +85,26 @@ def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
     )
 
 
+def _hash32(words: jax.Array) -> jax.Array:
+    """Chris Wellons' "lowbias32" integer hash of uint32 words: a bijection whose output bits each flip with
+    probability close to 1/2 when any input bit flips."""
+    words = words ^ (words >> 16)
+    words = words * jnp.uint32(0x7FEB352D)
+    words = words ^ (words >> 15)
+    words = words * jnp.uint32(0x846CA68B)
+    return words ^ (words >> 16)
+
+
 class Dropout(nn.Module):
-    """Inverted dropout (the "dropout" rng) whose keep mask compares 16-bit random numbers, two cut from each
-    32-bit random word, with round(keep * 2^16); kept values are divided by that exact keep probability.
-    The random bits cost about a third of nn.Dropout's (one 32-bit word per element) on CPU, where they were
-    a sixth of a bfloat16 encoder gradient; the keep probability moves by at most 2^-17."""
+    """Inverted dropout (the "dropout" rng) with a counter-based keep mask: element i is kept where
+    hash(hash(i ^ k0) ^ k1) < round(keep * 2^32), with (k0, k1) two 32-bit words drawn from the rng, and kept
+    values are divided by that exact keep probability.
+
+    Why not jax.random.bits per element: XLA:CPU's random bit generator runs as a separate loop that writes
+    every word to memory (about 5 ns a word here), where the hash is a few integer operations that XLA fuses
+    into the select that applies the mask; the encoder's masks cost about a tenth as much (docs/benchmarks.md).
+    The two hash rounds keep masks under different keys unrelated (one round would make them shifted copies
+    of each other)."""
 
     rate: float
 
@@ -97,12 +112,15 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0:
             return x
-        threshold = round((1.0 - self.rate) * 65536)
-        words = jax.random.bits(self.make_rng("dropout"), ((x.size + 1) // 2,), jnp.uint32)
-        halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[: x.size].reshape(x.shape)
+        if x.size > 2**32:
+            raise ValueError(f"Dropout: {x.size} elements exceed the 2^32 indices of its uint32 counter")
+        threshold = min(round((1.0 - self.rate) * 2**32), 2**32 - 1)
+        key_words = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+        random = _hash32(_hash32(index ^ key_words[0]) ^ key_words[1])
         # Rescaled in float32: the keep probability rounded to bfloat16 would bias every kept value by ~0.2%.
-        kept = (x.astype(jnp.float32) / (threshold / 65536)).astype(x.dtype)
-        return jnp.where(halves < threshold, kept, jnp.zeros((), x.dtype))
+        kept = (x.astype(jnp.float32) / (threshold / 2**32)).astype(x.dtype)
+        return jnp.where(random < jnp.uint32(threshold), kept, jnp.zeros((), x.dtype))
 
 
 def _layer_norm(config: BertConfig, dtype, name: str) -> nn.LayerNorm:

@@ -178,7 +178,7 @@ def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape, dtyp
     np.testing.assert_array_equal(out, again)
     np.testing.assert_array_equal(np.asarray(dropout.apply({}, x, deterministic=True)), np.asarray(x))
     kept = out != 0
-    keep = round((1 - rate) * 65536) / 65536
+    keep = round((1 - rate) * 2**32) / 2**32
     assert out.dtype == x.dtype
     ratio = out[kept].astype(np.float64) / np.asarray(x, np.float64)[kept] * keep  # 1 up to rounding
     if dtype == "float32":
@@ -187,8 +187,10 @@ def test_dropout_keeps_the_right_fraction_and_rescales_exactly(rate, shape, dtyp
         # Each value rounded once to bfloat16, without a bias (a keep probability rounded to bfloat16 gives 1.7e-3).
         assert np.abs(ratio - 1).max() <= 2 ** -8 and abs(ratio.mean() - 1) < 2e-4
     if rate:
-        assert (out != other).any()
-        # 10^6 draws: the kept fraction is within 5 standard deviations of the keep probability.
+        # 10^6 draws: the kept fraction is within 5 standard deviations of the keep probability, and the masks
+        # of two keys agree as often as independent masks would.
         assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / kept.size) + 1 / kept.size
+        agree, expected = (kept == (other != 0)).mean(), keep**2 + (1 - keep) ** 2
+        assert abs(agree - expected) < 5 * np.sqrt(expected * (1 - expected) / kept.size) + 1 / kept.size
     else:
         assert kept.all()
