@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", default="sst,para,sts")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--encoder-chunks", type=int, default=1,
+                        help="JAX: row groups of a batch encoded apart (train.main --encoder-chunks)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = None if args.preset in ("none", "") else args.preset
     tasks = tuple(t for t in args.tasks.split(",") if t)
     run = common.load_run(preset, args.init_checkpoint, 32, eval_batch_size=args.eval_batch_size, tasks=tasks,
-                          dtype=args.dtype)
+                          dtype=args.dtype, encoder_chunks=args.encoder_chunks)
     config = run.config
     params = run.init_params()
     torch_model = None if args.skip_torch else common.make_torch_model(run, params, args.torch_attn).eval()
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "preset": preset,
         "dtype": args.dtype,
+        "encoder_chunks": run.model.encoder_chunks,
         "tasks": per_task,
         "all": overall,
     }

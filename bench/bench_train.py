@@ -187,12 +187,11 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
     import jax
     import jax.numpy as jnp
 
-    from train.model import MultitaskBert
     from train.step import make_grad_fns
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
     params = run.init_params()
-    model = MultitaskBert(run.bert_config, run.config, dtype=dtype)
+    model = run.model.clone(dtype=dtype)
     summed = dataclasses.replace(run.config, pcgrad=False)
     grad_fns = make_grad_fns(model, summed)  # the same computation for both: only the update differs
     device_steps = [jax.device_put(s) for s in steps]
@@ -342,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
     parser.add_argument("--prng", default="rbg", choices=("rbg", "threefry2x32", "unsafe_rbg"),
                         help="JAX dropout key implementation (train/loop.py uses rbg)")
+    parser.add_argument("--encoder-chunks", type=int, default=1,
+                        help="JAX: row groups of a batch encoded apart (train.main --encoder-chunks)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
     parser.add_argument("--no-check", action="store_true", help="skip the deterministic loss check")
     parser.add_argument("--no-compile-cache", action="store_true",
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = common.start_comparison(args.threads, not args.no_compile_cache)
     preset = None if args.preset in ("none", "") else args.preset
-    run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout)
+    run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout,
+                          encoder_chunks=args.encoder_chunks)
     steps = load_steps(run, args.steps, args.start_step)
     tokens = step_tokens(run, steps)
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{load_before} before / {info['load_average']} after; jax {info['jax']}, torch {info.get('torch')}")
     print(f"preset {preset}, batch {args.batch_size} per task, tasks {','.join(run.config.tasks)}, "
           f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'} "
-          f"(JAX keys {args.prng}), "
+          f"(JAX keys {args.prng}, encoder chunks {run.model.encoder_chunks}), "
           f"{common.nonembedding_params(run.bert_config) / 1e6:.2f}M non-embedding parameters")
     common.print_table(rows, [
         ("variant", "variant", "s"), ("examples_per_s", "ex/s", ".1f"), ("step_ms_median", "step ms", ".0f"),
@@ -408,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dropout": not args.no_dropout,
         "compile_cache": not args.no_compile_cache,
         "prng": args.prng,
+        "encoder_chunks": run.model.encoder_chunks,
         "nonembedding_params": common.nonembedding_params(run.bert_config),
         "real_tokens": sum(int(t["real"].sum()) for t in tokens),
         "examples": sum(t["examples"] for t in tokens),

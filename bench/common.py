@@ -162,7 +162,6 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
 
     from train.config import PRESETS, TrainConfig
     from train.loop import Run, ensure_init_checkpoint
-    from train.model import MultitaskBert
 
     values = dict(PRESETS[preset]) if preset else {}
     values.update(batch_size=batch_size, init_checkpoint=str(checkpoint), preset=preset, **overrides)
@@ -172,7 +171,7 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     run = Run(config, ensure_init_checkpoint(str(checkpoint)))
     if no_dropout:
         run.bert_config = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        run.model = MultitaskBert(run.bert_config, config)
+        run.model = run.model.clone(bert_config=run.bert_config)
     return run
 
 

@@ -58,6 +58,7 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--pool-batches", "0"], "--pool-batches must be positive"),
+    (["--encoder-chunks", "0"], "--encoder-chunks must be positive"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -112,6 +113,34 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     assert heads_moved > 0
     assert (encoder_moved == 0) == (config.option == "pretrain")
     assert bool(stats) == config.pcgrad
+
+
+def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_data):
+    """Encoding a batch's rows in groups (3 here, of unequal sizes) changes only how XLA schedules the work."""
+    from train.losses import task_loss
+
+    assert train_config.parse_args(["--encoder-chunks", "3"])[0].encoder_chunks == 3
+    config = tiny_config(tiny_encoder, small_data, pooling="mean", sts_head="cosine", para_cos_feature=True)
+    run = loop.Run(config, tiny_encoder)
+    params = run.init_params()
+    batch = next(run.train_steps(0))[0]["para"]  # bi-encoded pairs: sentences a, then b, in one batch
+
+    def outputs_and_gradients(model):
+        def loss(p):
+            outputs = model.apply({"params": p}, batch, "para")
+            return task_loss(outputs, batch, "para", config), outputs
+        (_, outputs), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return outputs, jax.tree_util.tree_leaves(grads)
+
+    assert run.model.encoder_chunks == 1
+    want_outputs, want_grads = outputs_and_gradients(run.model)
+    got_outputs, got_grads = outputs_and_gradients(run.model.clone(encoder_chunks=3))
+    np.testing.assert_allclose(got_outputs, want_outputs, rtol=1e-6, atol=1e-6)
+    # A weight gradient sums over the rows, per chunk and then the chunks: float32 rounding of the gradients'
+    # scale (a bias whose gradient is zero in exact arithmetic, such as the key's, holds rounding noise only).
+    scale = max(float(np.abs(want).max()) for want in want_grads)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("overrides", [dict(pooling="max", shared_layer=True),

@@ -89,7 +89,8 @@ class Run:
             raise RunError(str(err)) from None
         self.bert_config = bert.config
         self.encoder_dir = encoder_dir
-        self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype))
+        self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype),
+                                   encoder_chunks=config.encoder_chunks)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.predictor = Predictor(self.model, config, self.mesh)
 

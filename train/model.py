@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bert_flax import BertConfig, BertModel
 from bert_flax.modeling import Dropout
@@ -42,11 +43,18 @@ def cosine_similarity(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Arra
 class MultitaskBert(nn.Module):
     """BERT plus task heads. `__call__(batch, task)` returns the task's raw output per example:
     class logits (sst, cfimdb), a paraphrase logit (para), or an STS score (sts: a logit or
-    value for the linear head, the cosine for the cosine head)."""
+    value for the linear head, the cosine for the cosine head).
+
+    `encoder_chunks` > 1 encodes a batch's rows in that many independent encoder calls. The outputs are
+    the same; on XLA:CPU, which runs each elementwise fusion on one thread, the two chains of one program
+    let one chunk's elementwise work run beside the other's products: 2 chunks make a float32 step about
+    7% faster on 2 cores, but each program holds the encoder twice and compiles about 2x slower
+    (docs/benchmarks.md). One chunk suits accelerators and short runs."""
 
     bert_config: BertConfig
     config: TrainConfig
     dtype: jnp.dtype = jnp.float32
+    encoder_chunks: int = 1
 
     def setup(self):
         cfg = self.config
@@ -61,12 +69,16 @@ class MultitaskBert(nn.Module):
 
     def embed(self, batch: dict, deterministic: bool) -> jax.Array:
         """Pooled sentence embeddings of every row of the batch (float32)."""
-        out = self.bert(
-            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], deterministic=deterministic
-        )
-        if self.config.option == "pretrain":
-            out = jax.lax.stop_gradient(out)
-        return pool(out, batch["attention_mask"], self.config.pooling).astype(jnp.float32)
+        rows = batch["input_ids"].shape[0]
+        bounds = np.linspace(0, rows, min(self.encoder_chunks, rows) + 1).round().astype(int)
+        pooled = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            ids, mask, types = (batch[k][start:stop] for k in ("input_ids", "attention_mask", "token_type_ids"))
+            out = self.bert(ids, mask, types, deterministic=deterministic)
+            if self.config.option == "pretrain":
+                out = jax.lax.stop_gradient(out)
+            pooled.append(pool(out, mask, self.config.pooling))
+        return jnp.concatenate(pooled).astype(jnp.float32)
 
     def pair_features(self, batch: dict, deterministic: bool = True) -> jax.Array:
         """Per row of a pair batch, the features its head reads: the pooled embedding, through the shared
