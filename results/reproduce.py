@@ -62,7 +62,7 @@ ROWS = {
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     # SST alone with the best multi-task row's pooling and learning rate: what the model gives SST by itself.
-    "sst-finetune-mean-lr5e-5": (["--tasks", "sst", "--pooling", "mean", "--lr", "5e-5"], {}),
+    **{f"sst-finetune-mean-lr{lr}": (["--tasks", "sst", "--pooling", "mean", "--lr", lr], {}) for lr in ("5e-5", "2e-5")},
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
 }
 MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "cfimdb-"))]
