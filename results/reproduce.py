@@ -54,6 +54,8 @@ ROWS = {
     "cross-pcgrad-mean-lr5e-5-bf16": ([*CROSS, "--lr", "5e-5", "--dtype", "bfloat16"], {}),
     # PARACROSS: STS trained as Sentence-BERT trains it.
     "paracross-cosine-scaled-lr5e-5": ([*PARACROSS, "--lr", "5e-5"], {}),
+    # A lower rate, which SST alone prefers (sst-finetune-mean-lr2e-5 against -lr5e-5).
+    "paracross-cosine-scaled-lr3e-5": ([*PARACROSS, "--lr", "3e-5"], {}),
     # The same with another seed (data order, dropout and head initialisation): the run-to-run spread.
     "paracross-cosine-scaled-lr5e-5-seed2": ([*PARACROSS, "--lr", "5e-5", "--seed", "2"], {}),
     # The same with the learning rate decaying linearly to 0 over the run.
