@@ -204,6 +204,10 @@ def _say(message: str) -> None:
         print(message)
 
 
+# Orbax writes a checkpoint under this name and renames it when complete.
+_UNFINISHED_CHECKPOINTS = "*.orbax-checkpoint-tmp*"
+
+
 def _remove_unfinished_checkpoints(directory: Path, patience_s: float = 30.0) -> None:
     """Deletes the temporary directories of checkpoint writes that never finished (a kill, a full disk).
 
@@ -212,7 +216,7 @@ def _remove_unfinished_checkpoints(directory: Path, patience_s: float = 30.0) ->
     (a full disk fails one item first), so a directory found not empty while being deleted is tried again
     until `patience_s` has passed. (Orbax's own clean-up runs once, in the background, and gives up.)"""
     deadline = time.monotonic() + patience_s
-    for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):
+    for unfinished in directory.glob(_UNFINISHED_CHECKPOINTS):
         while unfinished.exists():
             try:
                 shutil.rmtree(unfinished)
@@ -228,8 +232,8 @@ def _wait_for_writers(directory: Path, quiet_s: float = 0.5, patience_s: float =
     """Returns once no file under `directory`'s unfinished checkpoints has changed for `quiet_s`: when one item
     of a checkpoint fails (a full disk), orbax reports it while the writers of the other items go on."""
     def snapshot():
-        return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in directory.glob("*.orbax-checkpoint-tmp*/**/*")
-                if p.is_file()}
+        stats = {p: p.stat() for p in directory.glob(_UNFINISHED_CHECKPOINTS + "/**/*") if p.is_file()}
+        return {(str(p), stat.st_size, stat.st_mtime_ns) for p, stat in stats.items()}
 
     deadline = time.monotonic() + patience_s
     previous, quiet_since = None, time.monotonic()
