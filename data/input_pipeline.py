@@ -65,9 +65,9 @@ DEFAULT_NUM_EXAMPLES = 10_000
 DEFAULT_POOL_BATCHES = 64
 STRATEGIES = ("resample", "min", "proportional", "annealed")
 # Bump when the layout or the content of the token cache files changes.
-_TOKEN_CACHE_FORMAT = 1
-# Token sequences stored per family kind; a mode reads some of them.
-_MODE_SEQUENCES = {"single": ("s",), "bi": ("a", "b"), "cross": ("cross",)}
+_TOKEN_CACHE_FORMAT = 2
+# Token sequences stored per family kind; a mode reads some of them ("swapped": [CLS] b [SEP] a [SEP]).
+_MODE_SEQUENCES = {"single": ("s",), "bi": ("a", "b"), "cross": ("cross",), "swapped": ("swapped",)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,13 +109,21 @@ class EncodedSplit:
         n b sentences (2n examples, each padded to its own length in batches); otherwise the split."""
         if self.input_ids.shape[0] == 1:
             return self
+        a, b = (dataclasses.replace(self, mode="single", labels=None, input_ids=self.input_ids[i : i + 1],
+                                    token_type_ids=self.token_type_ids[i : i + 1], lengths=self.lengths[i : i + 1])
+                for i in (0, 1))
+        return a.concatenate(b)
 
-        def stacked(x):  # a rows without their padding row, then b rows with theirs
-            return np.concatenate([x[0, :-1], x[1]])[None]
+    def concatenate(self, other: EncodedSplit) -> EncodedSplit:
+        """The rows of this split, then those of `other` (same mode and sequence count), then one padding row."""
 
+        def stacked(x, y):  # this split's rows without their padding row, then the other's with theirs
+            return np.concatenate([x[:, :-1], y], axis=1)
+
+        labels = None if self.labels is None else np.concatenate([self.labels, other.labels])
         return dataclasses.replace(
-            self, mode="single", ids=self.ids + self.ids, labels=None, input_ids=stacked(self.input_ids),
-            token_type_ids=stacked(self.token_type_ids), lengths=stacked(self.lengths),
+            self, ids=self.ids + other.ids, labels=labels, input_ids=stacked(self.input_ids, other.input_ids),
+            token_type_ids=stacked(self.token_type_ids, other.token_type_ids), lengths=stacked(self.lengths, other.lengths),
         )
 
 
@@ -143,6 +151,7 @@ def _tokenize(rows, family, tokenizer: Tokenizer, max_length: int) -> dict[str, 
             "a": tokenizer.encode(a, max_length=max_length),
             "b": tokenizer.encode(b, max_length=max_length),
             "cross": tokenizer.encode(a, b, max_length=max_length),
+            "swapped": tokenizer.encode(b, a, max_length=max_length),
         }
     else:
         encodings = {"s": tokenizer.encode(rows.sentences[0], max_length=max_length)}
@@ -171,19 +180,23 @@ def encode_split(
     max_length: int = DEFAULT_MAX_LENGTH,
     data_dir: str | Path | None = None,
     source_dir: str | Path | None = None,
+    swapped: bool = False,
 ) -> EncodedSplit:
     """A split's rows (via `load_split`) with their tokens, tokenized once and cached.
 
     `mode` is "single" for sst/cfimdb and "bi" or "cross" (default) for the pair
-    tasks. Tokens are cached beside the prepared TFDS data, keyed by the vocab
-    file's hash, the lowercase flag, `max_length` and the sources' checksum; the
-    cache of a pair task holds both modes.
+    tasks; `swapped=True` gives the cross encoding with the pair's sentences in
+    the other order. Tokens are cached beside the prepared TFDS data, keyed by the
+    vocab file's hash, the lowercase flag, `max_length` and the sources' checksum;
+    the cache of a pair task holds every encoding.
     """
     family = FAMILIES[task]
     mode = mode or ("cross" if family.is_pair else "single")
     allowed = ("bi", "cross") if family.is_pair else ("single",)
     if mode not in allowed:
         raise ValueError(f"mode {mode!r} for {task}; expected one of {allowed}")
+    if swapped and mode != "cross":
+        raise ValueError(f"swapped pairs exist in cross mode only, not in mode {mode!r}")
     tokenizer = tokenizer or default_tokenizer()
     builder = get_builder(task, data_dir, source_dir)
     rows = load_split(task, split, data_dir, source_dir)
@@ -202,7 +215,7 @@ def encode_split(
     with np.load(cache_file) as cached:
         sequences = [
             (cached[f"{name}_ids"], cached[f"{name}_types"], cached[f"{name}_lengths"])
-            for name in _MODE_SEQUENCES[mode]
+            for name in _MODE_SEQUENCES["swapped" if swapped else mode]
         ]
     if any(len(lengths) != len(rows) for _, _, lengths in sequences):
         raise RuntimeError(f"{cache_file}: token cache does not match the {len(rows)} rows of {task}/{split}")
@@ -274,7 +287,8 @@ class TaskData:
 
     The buckets are chosen from the training split's lengths (`choose_buckets`) and
     serve every split, so a jitted function compiles at most `num_buckets` shapes
-    per task.
+    per task. With `swap_pairs` (cross mode), the training split holds every pair
+    twice: the pairs as given, then the same pairs with their sentences swapped.
     """
 
     def __init__(
@@ -288,6 +302,7 @@ class TaskData:
         tokenizer: Tokenizer | None = None,
         data_dir: str | Path | None = None,
         source_dir: str | Path | None = None,
+        swap_pairs: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -298,7 +313,8 @@ class TaskData:
             encode_split, task, mode=mode, tokenizer=tokenizer or default_tokenizer(),
             max_length=max_length, data_dir=data_dir, source_dir=source_dir,
         )
-        self._splits = {"train": self._encode("train")}
+        train = self._encode("train")
+        self._splits = {"train": train.concatenate(self._encode("train", swapped=True)) if swap_pairs else train}
         self.mode = self.train.mode
         self.buckets = choose_buckets(self.train.key_lengths, max_length, num_buckets)
 

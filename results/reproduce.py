@@ -57,6 +57,8 @@ ROWS = {
     # A lower rate, which SST alone prefers (sst-finetune-mean-lr2e-5 against -lr5e-5).
     "paracross-cosine-scaled-lr3e-5": ([*PARACROSS, "--lr", "3e-5"], {}),
     # The same with another seed (data order, dropout and head initialisation): the run-to-run spread.
+    # Paraphrase pairs also trained with their questions swapped (a symmetric relation): twice the distinct inputs.
+    "paracross-cosine-scaled-lr5e-5-swap": ([*PARACROSS, "--lr", "5e-5", "--swap-pairs"], {}),
     "paracross-cosine-scaled-lr5e-5-seed2": ([*PARACROSS, "--lr", "5e-5", "--seed", "2"], {}),
     # The same with the learning rate decaying linearly to 0 over the run.
     **{f"paracross-cosine-scaled-lr{lr}-linear": ([*PARACROSS, "--lr", lr, "--lr-schedule", "linear"], {})

@@ -28,6 +28,7 @@ class TrainConfig:
     # (a task left out is bi)
     pair_encoding: str = "bi"
     para_cos_feature: bool = False
+    swap_pairs: bool = False  # cross-encoded pairs also trained with their sentences swapped
     sts_head: str = "linear"  # linear | cosine
     sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
     shared_layer: bool = False
@@ -74,6 +75,9 @@ class TrainConfig:
         if encodings["sts"] == "cross" and self.sts_head == "cosine" or encodings["para"] == "cross" and self.para_cos_feature:
             raise ConfigError(f"--pair-encoding {self.pair_encoding}: a cross-encoded pair has no sentence embeddings; "
                               "it excludes --sts-head cosine (sts) and --para-cos-feature (para)")
+        if self.swap_pairs and not any(t in self.tasks and encodings[t] == "cross" for t in ("para", "sts")):
+            raise ConfigError("--swap-pairs: no task of the run encodes its pairs as one sequence; add --pair-encoding "
+                              "cross or para=cross or sts=cross")
         for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches", "eval_batch_size",
                      "encoder_chunks"):
             if getattr(self, name) <= 0:
@@ -138,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings), cross (one pair sequence), or per "
                                            "task, e.g. para=cross (a task left out is bi)")
     _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")
+    _bool_flag(p, "swap-pairs", "train cross-encoded pairs in both orders (a b and b a): their training sets "
+                                "hold every pair twice")
     p.add_argument("--sts-head", help="linear (default) or cosine")
     p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")
     _bool_flag(p, "shared-layer", "one dense layer shared by the paraphrase and STS heads")

@@ -108,6 +108,7 @@ class Run:
                     num_buckets=cfg.num_buckets,
                     tokenizer=self.tokenizer,
                     source_dir=cfg.data_dir,
+                    swap_pairs=cfg.swap_pairs and task in ("para", "sts") and cfg.pair_mode(task) == "cross",
                 )
                 for task in cfg.tasks
             }
