@@ -21,6 +21,7 @@ from data import (
     MultiTaskStream,
     TaskData,
     choose_buckets,
+    default_tokenizer,
     encode_split,
     get_builder,
     length_sorted_batches,
@@ -509,6 +510,32 @@ def test_sentences_of_a_bi_split_are_its_a_then_b_sentences(task_data):
     np.testing.assert_array_equal(sentences.input_ids[0, -1], pairs.input_ids[0, -1])
     np.testing.assert_array_equal(sentences.key_lengths, pairs.lengths[:, :-1].reshape(-1))
     assert task_data("sst").split("dev").sentences() is task_data("sst").split("dev")
+
+
+def test_swapped_pairs_double_the_cross_training_split(tfds_dir, task_data):
+    """With swap_pairs, training row n + i is pair i tokenized as [CLS] b [SEP] a [SEP], with pair i's
+    label; the dev split and the buckets stay those of the plain cross task."""
+    plain = task_data("sts", "cross")
+    swapped = TaskData("sts", mode="cross", data_dir=tfds_dir, swap_pairs=True)
+    n = len(plain.train)
+    assert len(swapped.train) == 2 * n and swapped.train.ids == plain.train.ids * 2
+    np.testing.assert_array_equal(swapped.train.labels, np.concatenate([plain.train.labels, plain.train.labels]))
+    for name in ("input_ids", "token_type_ids", "lengths"):
+        np.testing.assert_array_equal(getattr(swapped.train, name)[:, :n], getattr(plain.train, name)[:, :n])
+    rows = load_split("sts", "train", data_dir=tfds_dir)
+    tokenizer = default_tokenizer()
+    for i in (0, 7, n - 1):
+        a, b = rows.sentences[0][i], rows.sentences[1][i]
+        (ids,), (types,) = tokenizer.encode([b], [a], max_length=plain.max_length)
+        length = swapped.train.lengths[0, n + i]
+        assert length == len(ids) and list(swapped.train.input_ids[0, n + i, :length]) == list(ids)
+        assert list(swapped.train.token_type_ids[0, n + i, :length]) == list(types)
+        assert list(ids) != list(plain.train.input_ids[0, i, :length])  # the order matters
+    np.testing.assert_array_equal(swapped.train.input_ids[0, -1], plain.train.input_ids[0, -1])  # padding row
+    np.testing.assert_array_equal(swapped.buckets, plain.buckets)
+    np.testing.assert_array_equal(swapped.split("dev").input_ids, plain.split("dev").input_ids)
+    with pytest.raises(ValueError, match="swapped pairs exist in cross mode only"):
+        TaskData("sts", mode="bi", data_dir=tfds_dir, swap_pairs=True)
 
 
 # ---------------------------------------------------------------- devices

@@ -56,6 +56,7 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross: a cross-encoded pair has no sentence"),
     (["--pair-encoding", "para=cross", "--para-cos-feature"], "--pair-encoding para=cross: a cross-encoded pair has no"),
     (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
+    (["--swap-pairs", "--pair-encoding", "sts=cross", "--tasks", "sst,para"], "--swap-pairs: no task of the run encodes"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--pool-batches", "0"], "--pool-batches must be positive"),
     (["--encoder-chunks", "0"], "--encoder-chunks must be positive"),
@@ -85,7 +86,7 @@ COMBINATIONS = [
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
     dict(tasks=("cfimdb",), pooling="max", sampling="min"),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
-    dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine", shared_layer=True, pcgrad=True),
+    dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine", shared_layer=True, pcgrad=True, swap_pairs=True),
 ]
 
 
@@ -95,6 +96,9 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
 
     config = tiny_config(tiny_encoder, small_data, **overrides)
     run = loop.Run(config, tiny_encoder)
+    for task in {"para", "sts"} & set(config.tasks):
+        ids = run.data[task].train.ids  # with --swap-pairs, a cross task's pairs twice
+        assert (ids[: len(ids) // 2] == ids[len(ids) // 2 :]) == (config.swap_pairs and config.pair_mode(task) == "cross")
     tx = make_optimizer(config, total_steps=4)
     state = init_state(run.init_params(), tx)
     before = jax.device_get(state.params)
