@@ -1,6 +1,6 @@
 """Padding overhead: tokens fed over real tokens, bucketed pipeline against pad-to-longest.
 
-    .venv/bin/python bench/bench_padding.py [--epochs 1] [--batch-size 32] [--num-buckets 16] [--pool-batches 64]
+    .venv/bin/python bench/bench_padding.py [--epochs 1] [--batch-size 32] [--num-buckets 20] [--pool-batches 256]
 
 For the training batches of the multi-task stream (the same batches for every column),
 per task and for both pair encodings (bi: the two sentences encoded apart; cross: one
@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 
 
 def task_padding(task, plan, padding_batches: int) -> dict:
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32, help="examples per task per batch")
-    parser.add_argument("--num-buckets", type=int, default=16, help="length buckets per task")
-    parser.add_argument("--pool-batches", type=int, default=64, help="batches cut from one length-sorted pool")
+    parser.add_argument("--num-buckets", type=int, default=TrainConfig.num_buckets, help="length buckets per task")
+    parser.add_argument("--pool-batches", type=int, default=TrainConfig.pool_batches,
+                        help="batches cut from one length-sorted pool")
     parser.add_argument("--samples-per-task", type=int, default=10_000)
     parser.add_argument("--strategy", default="resample")
     parser.add_argument("--seed", type=int, default=11711)

@@ -4,7 +4,7 @@
 
 Times building every batch of `--epochs` epochs of the three task streams (sampling,
 length bucketing and padding, no device transfer) from tokenized data in hand, with the
-training defaults (batch 32 per task, 16 buckets). Then runs the training loop's JAX step
+training defaults (batch 32 per task, 20 buckets). Then runs the training loop's JAX step
 (train/step.py, default heads, `--pair-mode` pair encoding) on the first `--train-steps`
 steps of the same stream, after compiling their shapes, and prints how many times faster
 the pipeline builds examples than the step consumes them (the pipeline must never be what

@@ -60,9 +60,9 @@ __all__ = [
 
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_NUM_BUCKETS = 16
+DEFAULT_NUM_BUCKETS = 20
 DEFAULT_NUM_EXAMPLES = 10_000
-DEFAULT_POOL_BATCHES = 64
+DEFAULT_POOL_BATCHES = 256
 STRATEGIES = ("resample", "min", "proportional", "annealed")
 # Bump when the layout or the content of the token cache files changes.
 _TOKEN_CACHE_FORMAT = 2

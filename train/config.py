@@ -43,8 +43,8 @@ class TrainConfig:
     samples_per_task: int = 10_000
     sampling: str = "resample"  # resample | min | proportional | annealed
     max_length: int = 128
-    num_buckets: int = 16  # padded lengths per task: fewer compile faster, more pad less
-    pool_batches: int = 64  # batches cut from one length-sorted pool: more pad less, but mix lengths less
+    num_buckets: int = 20  # padded lengths per task: fewer compile faster, more pad less
+    pool_batches: int = 256  # batches cut from one length-sorted pool: more pad less, but mix lengths less
     dtype: str = "float32"  # the encoder's computation dtype; parameters and optimizer state stay float32
     encoder_chunks: int = 1  # row groups of a batch encoded apart in one program (MultitaskBert.encoder_chunks)
     seed: int = 11711
@@ -158,14 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-task", type=int)
     p.add_argument("--sampling", help="resample (default), min, proportional or annealed")
     p.add_argument("--max-length", type=int)
-    p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 16)")
+    p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 20)")
     p.add_argument("--dtype", help="float32 (default) or bfloat16: the encoder's computation dtype (parameters and "
                                    "optimizer state stay float32; bfloat16 steps are about 1.5x faster on this CPU)")
     p.add_argument("--encoder-chunks", type=int, help="encode each batch's rows in this many independent groups "
                                                       "(default 1; same results; 2 makes a float32 step about 7%% "
                                                       "faster on a 2-core CPU and compiling about 2x slower)")
     p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
-                                                    "(default 64; more pad less)")
+                                                    "(default 256; more pad less)")
     p.add_argument("--seed", type=int)
     p.add_argument("--init-checkpoint", help="converted checkpoint directory (default: checkpoints/minilm-l6)")
     p.add_argument("--data-dir")
