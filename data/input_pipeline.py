@@ -288,7 +288,8 @@ class TaskData:
     The buckets are chosen from the training split's lengths (`choose_buckets`) and
     serve every split, so a jitted function compiles at most `num_buckets` shapes
     per task. With `swap_pairs` (cross mode), the training split holds every pair
-    twice: the pairs as given, then the same pairs with their sentences swapped.
+    twice: the pairs as given, then the same pairs with their sentences swapped;
+    `split(name, swapped=True)` gives any split's pairs swapped.
     """
 
     def __init__(
@@ -316,6 +317,7 @@ class TaskData:
         train = self._encode("train")
         self._splits = {"train": train.concatenate(self._encode("train", swapped=True)) if swap_pairs else train}
         self.mode = self.train.mode
+        self.swap_pairs = swap_pairs
         self.buckets = choose_buckets(self.train.key_lengths, max_length, num_buckets)
 
     @property
@@ -323,11 +325,13 @@ class TaskData:
         """The training split."""
         return self._splits["train"]
 
-    def split(self, name: str) -> EncodedSplit:
-        """A split ("train", "dev", "test"), encoded on first use."""
-        if name not in self._splits:
-            self._splits[name] = self._encode(name)
-        return self._splits[name]
+    def split(self, name: str, swapped: bool = False) -> EncodedSplit:
+        """A split ("train", "dev", "test"), encoded on first use; `swapped`: its pairs as [CLS] b [SEP] a
+        [SEP] (cross mode)."""
+        key = f"{name}-swapped" if swapped else name
+        if key not in self._splits:
+            self._splits[key] = self._encode(name, swapped=swapped)
+        return self._splits[key]
 
 
 def length_sorted_batches(encoded: EncodedSplit, buckets: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

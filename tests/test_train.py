@@ -119,6 +119,29 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     assert bool(stats) == config.pcgrad
 
 
+def test_swapped_pairs_predict_from_the_mean_output_of_both_orders(tiny_encoder, small_data):
+    """With --swap-pairs a cross-encoded task's predictions come from its head's output averaged over
+    [CLS] a [SEP] b [SEP] and [CLS] b [SEP] a [SEP] (here STS's logit, reported as 5 * sigmoid)."""
+    from data.input_pipeline import _make_batch
+
+    config = tiny_config(tiny_encoder, small_data, tasks=("sts",), pair_encoding="cross", swap_pairs=True)
+    run = loop.Run(config, tiny_encoder)
+    params, data, rows = run.init_params(), run.data["sts"], np.arange(6)
+
+    def head_output(split):  # the first rows as one batch, padded to their longest
+        batch = _make_batch(split, rows, int(split.lengths[0, rows].max()), with_index=False)
+        return np.asarray(run.model.apply({"params": params}, batch, "sts"), np.float64)
+
+    # The random tiny encoder's sentence features differ little: a steeper head, centred, makes the order visible.
+    head = params["sts_regressor"]
+    params = {**params, "sts_regressor": {"kernel": head["kernel"] * 100, "bias": head["bias"] * 100}}
+    params["sts_regressor"]["bias"] -= head_output(data.split("dev")).mean()
+    given, swapped = head_output(data.split("dev")), head_output(data.split("dev", swapped=True))
+    expected = 5 / (1 + np.exp(-(given + swapped) / 2))
+    assert np.abs(5 / (1 + np.exp(-given)) - expected).max() > 1e-3  # the order changes the output
+    np.testing.assert_allclose(run.predict(params, "dev")["sts"][rows], expected, rtol=1e-5)
+
+
 def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_data):
     """Encoding a batch's rows in groups (3 here, of unequal sizes) changes only how XLA schedules the work."""
     from train.losses import task_loss

@@ -28,7 +28,7 @@ class TrainConfig:
     # (a task left out is bi)
     pair_encoding: str = "bi"
     para_cos_feature: bool = False
-    swap_pairs: bool = False  # cross-encoded pairs also trained with their sentences swapped
+    swap_pairs: bool = False  # cross-encoded pairs also trained, and predicted, with their sentences swapped
     sts_head: str = "linear"  # linear | cosine
     sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
     shared_layer: bool = False
@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings), cross (one pair sequence), or per "
                                            "task, e.g. para=cross (a task left out is bi)")
     _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")
-    _bool_flag(p, "swap-pairs", "train cross-encoded pairs in both orders (a b and b a): their training sets "
-                                "hold every pair twice")
+    _bool_flag(p, "swap-pairs", "train cross-encoded pairs in both orders (a b and b a; their training sets "
+                                "hold every pair twice) and predict from the mean output of both orders")
     p.add_argument("--sts-head", help="linear (default) or cosine")
     p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")
     _bool_flag(p, "shared-layer", "one dense layer shared by the paraphrase and STS heads")

@@ -33,7 +33,9 @@ PREDICTION_HEADERS = {
 
 class Predictor:
     """A model's jitted prediction functions: `predictor(params, task, encoded, buckets)` gives the predictions
-    for every example of a tokenized split, in file order, on the task's reporting scale.
+    for every example of a tokenized split, in file order, on the task's reporting scale. With
+    `swapped` (the same cross-encoded pairs, sentences swapped), the predictions are taken from the mean of
+    the model's outputs on both orders.
 
     A bi-encoded pair task encodes each sentence once, in length-sorted batches of sentences
     (`EncodedSplit.sentences`), then runs its head on the two sentences' features: a batch of pairs
@@ -44,17 +46,23 @@ class Predictor:
         self.mesh = mesh
         self.batch_size = batch_size or config.eval_batch_size
 
-        def predict(params, batch, task):
+        def outputs(params, batch, task):
             if "u" in batch:
-                outputs = model.apply({"params": params}, batch["u"], batch["v"], task, method=MultitaskBert.pair_head)
-            else:
-                outputs = model.apply({"params": params}, batch, task)
-            return predictions(outputs, task, config)
+                return model.apply({"params": params}, batch["u"], batch["v"], task, method=MultitaskBert.pair_head)
+            return model.apply({"params": params}, batch, task)
 
-        self._predict = {task: jax.jit(functools.partial(predict, task=task)) for task in config.tasks}
+        self._outputs = {task: jax.jit(functools.partial(outputs, task=task)) for task in config.tasks}
         self._features = jax.jit(lambda p, b: model.apply({"params": p}, b, method=MultitaskBert.pair_features))
+        self.config = config
 
-    def __call__(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray) -> np.ndarray:
+    def __call__(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray,
+                 swapped: EncodedSplit | None = None) -> np.ndarray:
+        outputs = self._split_outputs(params, task, encoded, buckets)
+        if swapped is not None:
+            outputs = (outputs + self._split_outputs(params, task, swapped, buckets)) / 2
+        return np.asarray(predictions(outputs, task, self.config))
+
+    def _split_outputs(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray) -> np.ndarray:
         if encoded.mode == "bi":
             sentences = encoded.sentences()
             batches = length_sorted_batches(sentences, buckets, self.batch_size)
@@ -62,7 +70,7 @@ class Predictor:
             batches = _feature_batches(features[: len(encoded)], features[len(encoded) :], self.batch_size)
         else:
             batches = length_sorted_batches(encoded, buckets, self.batch_size)
-        return predict_split(self._predict[task], params, batches, len(encoded), self.mesh)
+        return predict_split(self._outputs[task], params, batches, len(encoded), self.mesh)
 
 
 def _feature_batches(u: np.ndarray, v: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

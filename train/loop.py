@@ -164,7 +164,8 @@ class Run:
             if split not in FAMILIES[TASKS[task]].files:
                 continue
             data = self.data[task]
-            preds[task] = self.predictor(params, task, data.split(split), data.buckets)
+            swapped = data.split(split, swapped=True) if data.swap_pairs else None
+            preds[task] = self.predictor(params, task, data.split(split), data.buckets, swapped)
         return preds
 
     def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
