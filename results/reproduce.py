@@ -69,9 +69,14 @@ ROWS = {
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     # SST alone with the best multi-task row's pooling and learning rate: what the model gives SST by itself.
     **{f"sst-finetune-mean-lr{lr}": (["--tasks", "sst", "--pooling", "mean", "--lr", lr], {}) for lr in ("5e-5", "2e-5")},
+    # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
+    "para-finetune-cross-mean-lr5e-5": (["--tasks", "para", "--pair-encoding", "para=cross", "--pooling", "mean",
+                                         "--lr", "5e-5"], {}),
+    "sts-finetune-cosine-scaled-lr5e-5": (["--tasks", "sts", "--sts-head", "cosine", "--sts-target", "scaled",
+                                           "--pooling", "mean", "--lr", "5e-5"], {}),
     "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
 }
-MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "cfimdb-"))]
+MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 # The rows in results/ were trained with pools of 64 batches, the default before 20 buckets and pools of 256
