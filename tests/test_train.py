@@ -57,6 +57,8 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--pair-encoding", "para=cross", "--para-cos-feature"], "--pair-encoding para=cross: a cross-encoded pair has no"),
     (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
     (["--swap-pairs", "--pair-encoding", "sts=cross", "--tasks", "sst,para"], "--swap-pairs: no task of the run encodes"),
+    (["--loss-weights", "sts=0"], "--loss-weights 'sts=0': choose TASK=W[,TASK=W] with TASK among the run's tasks"),
+    (["--tasks", "sst", "--loss-weights", "sts=2"], "--loss-weights 'sts=2': choose TASK=W"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--pool-batches", "0"], "--pool-batches must be positive"),
     (["--encoder-chunks", "0"], "--encoder-chunks must be positive"),
@@ -117,6 +119,21 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     assert heads_moved > 0
     assert (encoder_moved == 0) == (config.option == "pretrain")
     assert bool(stats) == config.pcgrad
+
+
+def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small_data):
+    from train.step import make_grad_fns
+
+    plain = tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"))
+    weighted = dataclasses.replace(plain, loss_weights="sts=2.5")
+    run = loop.Run(plain, tiny_encoder)
+    params, batches, key = run.init_params(), next(run.train_steps(0))[0], jax.random.key(0, impl="rbg")
+    for task, weight in (("sst", 1.0), ("sts", 2.5)):
+        loss, grads = make_grad_fns(run.model, plain)[task](params, batches[task], key)
+        weighted_loss, weighted_grads = make_grad_fns(run.model, weighted)[task](params, batches[task], key)
+        assert float(weighted_loss) == float(loss)
+        for g, w in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(weighted_grads)):
+            np.testing.assert_allclose(w, weight * g, rtol=1e-5, atol=1e-9)  # float32 rounding of the backward pass
 
 
 def test_swapped_pairs_predict_from_the_mean_output_of_both_orders(tiny_encoder, small_data):

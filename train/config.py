@@ -33,6 +33,7 @@ class TrainConfig:
     sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
     shared_layer: bool = False
     pcgrad: bool = False
+    loss_weights: str = ""  # per-task multipliers of the loss's gradient, e.g. "sts=10" (a task left out: 1)
     dropout: float = 0.3
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
@@ -84,23 +85,26 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout {self.dropout}: must be in [0, 1)")
+        self.loss_weight(self.tasks[0])  # parses --loss-weights
 
     def _pair_encodings(self) -> dict[str, str]:
         value, modes = self.pair_encoding, ("bi", "cross")
         if value in modes:
             return {"para": value, "sts": value}
-        encodings = {"para": "bi", "sts": "bi"}
-        for item in value.split(","):
-            task, _, mode = item.partition("=")
-            if task not in encodings or mode not in modes:
-                raise ConfigError(f"--pair-encoding {value!r}: choose bi, cross, or TASK=MODE[,TASK=MODE] with TASK "
-                                  "para or sts and MODE bi or cross")
-            encodings[task] = mode
-        return encodings
+        return {"para": "bi", "sts": "bi", **_task_values(
+            "--pair-encoding", value, ("para", "sts"), lambda mode: mode if mode in modes else None,
+            "bi, cross, or TASK=MODE[,TASK=MODE] with TASK para or sts and MODE bi or cross")}
 
     def pair_mode(self, task: str) -> str:
         """How the sentence pairs of `task` (para or sts) are encoded: "bi" or "cross"."""
         return self._pair_encodings()[task]
+
+    def loss_weight(self, task: str) -> float:
+        """The multiplier of `task`'s loss in its gradient (--loss-weights; 1 for a task it leaves out)."""
+        weights = _task_values("--loss-weights", self.loss_weights, self.tasks, _positive_float,
+                               f"TASK=W[,TASK=W] with TASK among the run's tasks ({','.join(self.tasks)}) and W a "
+                               "positive number") if self.loss_weights else {}
+        return weights.get(task, 1.0)
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as JSON."""
@@ -112,6 +116,27 @@ class TrainConfig:
         values = json.loads(Path(path).read_text())
         values["tasks"] = tuple(values["tasks"])
         return cls(**values)
+
+
+def _task_values(flag: str, value: str, tasks, parse, expected: str) -> dict:
+    """{task: parse(text)} from `flag`'s value TASK=TEXT[,TASK=TEXT]; ConfigError where a task is not among
+    `tasks` or `parse` returns None."""
+    values = {}
+    for item in value.split(","):
+        task, _, text = item.partition("=")
+        parsed = parse(text) if task in tasks else None
+        if parsed is None:
+            raise ConfigError(f"{flag} {value!r}: choose {expected}")
+        values[task] = parsed
+    return values
+
+
+def _positive_float(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if 0 < number < float("inf") else None
 
 
 # The six rows of the reference report (BERT-base, dev), as settings.
@@ -148,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")
     _bool_flag(p, "shared-layer", "one dense layer shared by the paraphrase and STS heads")
     _bool_flag(p, "pcgrad", "combine task gradients with PCGrad instead of summing them")
+    p.add_argument("--loss-weights", help="per-task multipliers of the loss in its gradient, e.g. sts=10 (default 1 "
+                                          "for every task; the logged losses stay unweighted)")
     p.add_argument("--dropout", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")

@@ -57,14 +57,17 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
 
 
 def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
-    """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree)."""
+    """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree of the loss times the task's
+    --loss-weights multiplier)."""
 
     def task_grad(params, batch, rng, task):
         def loss_fn(p):
             outputs = model.apply({"params": p}, batch, task, deterministic=False, rngs={"dropout": rng})
-            return task_loss(outputs, batch, task, config)
+            loss = task_loss(outputs, batch, task, config)
+            return config.loss_weight(task) * loss, loss
 
-        return jax.value_and_grad(loss_fn)(params)
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads
 
     return {task: jax.jit(functools.partial(task_grad, task=task)) for task in config.tasks}
 
