@@ -199,6 +199,9 @@ _any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
     max_length=st.sampled_from([8, 32, 128]),
 )
 def test_tokenizer_handles_any_text(tokenizer, texts, pair, max_length):
+    # Without "[", no text spells a special token such as "[SEP]": those become the special token itself,
+    # as in the reference tokenizer (tests/test_tokenizer.py), and would be counted below.
+    texts = [t.replace("[", "(") for t in texts]
     if pair:
         # Pairs stay short: the tokenizers library keeps every overflow window of a
         # truncated pair (windows of a times windows of b), so two texts of a few

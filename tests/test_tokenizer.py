@@ -21,6 +21,20 @@ def test_ids_match_bert_tokenizer_fast(minilm_torch_dir):
         assert [x.tolist() for x in pair_types] == expected["token_type_ids"]
 
 
+def test_special_token_text_is_read_as_the_reference_reads_it(minilm_torch_dir):
+    """A literal "[SEP]" or "[CLS]" in a sentence becomes that special token, as in BertTokenizerFast."""
+    ours = Tokenizer.from_pretrained(minilm_torch_dir)
+    reference = BertTokenizerFast.from_pretrained(minilm_torch_dir)
+    sentences = ["[SEP]", "a [SEP] b", "[CLS] [MASK] x [PAD]", "[sep] is lower case", "[UNK][SEP]"]
+    ids, _ = ours.encode(sentences)
+    assert [x.tolist() for x in ids] == reference(sentences)["input_ids"]
+    assert ids[0].tolist() == [ours.cls_id, ours.sep_id, ours.sep_id]
+    pair_ids, pair_types = ours.encode(sentences, sentences[::-1])
+    expected = reference(sentences, sentences[::-1])
+    assert [x.tolist() for x in pair_ids] == expected["input_ids"]
+    assert [x.tolist() for x in pair_types] == expected["token_type_ids"]
+
+
 def test_lower_casing_follows_the_checkpoint(minilm_torch_dir, tmp_path):
     assert Tokenizer.from_pretrained(minilm_torch_dir).lowercase
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nHello\nhello\n")
