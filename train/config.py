@@ -76,7 +76,7 @@ class TrainConfig:
         if encodings["sts"] == "cross" and self.sts_head == "cosine" or encodings["para"] == "cross" and self.para_cos_feature:
             raise ConfigError(f"--pair-encoding {self.pair_encoding}: a cross-encoded pair has no sentence embeddings; "
                               "it excludes --sts-head cosine (sts) and --para-cos-feature (para)")
-        if self.swap_pairs and not any(t in self.tasks and encodings[t] == "cross" for t in ("para", "sts")):
+        if self.swap_pairs and "cross" not in map(self.sequence_mode, self.tasks):
             raise ConfigError("--swap-pairs: no task of the run encodes its pairs as one sequence; add --pair-encoding "
                               "cross or para=cross or sts=cross")
         for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches", "eval_batch_size",
@@ -85,7 +85,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout {self.dropout}: must be in [0, 1)")
-        self.loss_weight(self.tasks[0])  # parses --loss-weights
+        self._loss_weights()
 
     def _pair_encodings(self) -> dict[str, str]:
         value, modes = self.pair_encoding, ("bi", "cross")
@@ -99,12 +99,20 @@ class TrainConfig:
         """How the sentence pairs of `task` (para or sts) are encoded: "bi" or "cross"."""
         return self._pair_encodings()[task]
 
+    def sequence_mode(self, task: str) -> str:
+        """How any task's examples are encoded: "single" (sst, cfimdb), or its pair_mode."""
+        return self._pair_encodings().get(task, "single")
+
+    def _loss_weights(self) -> dict[str, float]:
+        if not self.loss_weights:
+            return {}
+        return _task_values("--loss-weights", self.loss_weights, self.tasks, _positive_float,
+                            f"TASK=W[,TASK=W] with TASK among the run's tasks ({','.join(self.tasks)}) and W a "
+                            "positive number")
+
     def loss_weight(self, task: str) -> float:
         """The multiplier of `task`'s loss in its gradient (--loss-weights; 1 for a task it leaves out)."""
-        weights = _task_values("--loss-weights", self.loss_weights, self.tasks, _positive_float,
-                               f"TASK=W[,TASK=W] with TASK among the run's tasks ({','.join(self.tasks)}) and W a "
-                               "positive number") if self.loss_weights else {}
-        return weights.get(task, 1.0)
+        return self._loss_weights().get(task, 1.0)
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as JSON."""

@@ -102,13 +102,13 @@ class Run:
             return {
                 task: input_pipeline.TaskData(
                     TASKS[task],
-                    mode=cfg.pair_mode(task) if task in ("para", "sts") else "single",
+                    mode=cfg.sequence_mode(task),
                     batch_size=cfg.batch_size,
                     max_length=cfg.max_length,
                     num_buckets=cfg.num_buckets,
                     tokenizer=self.tokenizer,
                     source_dir=cfg.data_dir,
-                    swap_pairs=cfg.swap_pairs and task in ("para", "sts") and cfg.pair_mode(task) == "cross",
+                    swap_pairs=cfg.swap_pairs and cfg.sequence_mode(task) == "cross",
                 )
                 for task in cfg.tasks
             }
@@ -149,7 +149,7 @@ class Run:
 
     def init_params(self):
         """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
-        examples = {t: _placeholder_batch(2 if t in ("para", "sts") and self.config.pair_mode(t) == "bi" else 1)
+        examples = {t: _placeholder_batch(2 if self.config.sequence_mode(t) == "bi" else 1)
                     for t in self.config.tasks}
         init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"],
                        out_shardings=self.replicated)
