@@ -21,6 +21,7 @@ bench() {  # XLA_FLAGS, then bench_gpu.py arguments
     XLA_FLAGS=$flags timeout 150 "$python" bench/bench_gpu.py "$@" 2>&1 | tee -a "$out/bench.log"
 }
 no_triton=--xla_gpu_enable_triton_gemm=false
+bench "$no_triton" --batch-size 1024 --fused-attention --steps 12
 bench "$no_triton" --batch-size 512 --fused-attention --steps 20
 bench "$no_triton" --batch-size 256 --fused-attention --steps 30
 bench "" --batch-size 256 --fused-attention --steps 30
