@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from train.optim import adamw, decay_mask_no_layernorm_bias
+from train.optim import adamw, decay_mask_no_layernorm_bias, params_ema, track_params_ema
 
 _rng = np.random.default_rng(0)
 X = _rng.normal(size=(64, 5))
@@ -56,8 +56,8 @@ def reference_adamw(steps, every, lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0
     return snapshots
 
 
-def run_optax(opt, steps, every, dtype=jnp.float32, loss_scale=1.0):
-    """Train INIT with `opt` on the regression problem; parameters every `every` steps."""
+def run_optax(opt, steps, every, dtype=jnp.float32, loss_scale=1.0, read=lambda params, state: params):
+    """Train INIT with `opt` on the regression problem; `read(params, state)` (the parameters) every `every` steps."""
 
     def body(carry, _):
         p, state = carry
@@ -70,7 +70,7 @@ def run_optax(opt, steps, every, dtype=jnp.float32, loss_scale=1.0):
     snapshots = []
     for _ in range(steps // every):
         carry = chunk(carry)
-        snapshots.append({k: np.asarray(v, np.float64) for k, v in carry[0].items()})
+        snapshots.append({k: np.asarray(v, np.float64) for k, v in read(*carry).items()})
     return snapshots
 
 
@@ -124,6 +124,27 @@ def test_float64_chain_matches_reference(case):
         got = run_optax(make_adamw(**kw), 1000, 100, dtype=jnp.float64)
     for r, g in zip(ref, got):
         assert max_diff(r, g) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_params_ema_matches_float64_average_of_the_trajectory(dtype):
+    """track_params_ema after AdamW: every 100 steps, the debiased average equals sum_s (1 - d) d^(t-s) p_s /
+    (1 - d^t) over the float64 reference's parameters p_1 .. p_t, and the parameters themselves are unchanged."""
+    decay, kw = 0.99, CASES["decay"]
+    trajectory = reference_adamw(1000, 1, **kw)
+    want = []
+    for t in range(100, 1001, 100):
+        weights = (1 - decay) * decay ** np.arange(t - 1, -1, -1) / (1 - decay**t)
+        want.append({k: np.tensordot(weights, np.stack([p[k] for p in trajectory[:t]]), 1) for k in INIT})
+    opt = optax.chain(make_adamw(**kw), track_params_ema(decay))
+    with jax.enable_x64(dtype == jnp.float64):
+        got = run_optax(opt, 1000, 100, dtype=dtype, read=lambda p, state: params_ema(state, decay))
+        params = run_optax(opt, 1000, 100, dtype=dtype)
+    tolerance = 2e-6 if dtype == jnp.float32 else 1e-12
+    assert max(max_diff(w, g) for w, g in zip(want, got)) < tolerance
+    assert max(max_diff(r, p) for r, p in zip(trajectory[99::100], params)) < tolerance
+    # The average lags the parameters by far more than the tolerance: the test tells the two apart.
+    assert max_diff(want[0], trajectory[99]) > 100 * tolerance
 
 
 def test_cases_are_distinct():

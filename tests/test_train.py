@@ -85,7 +85,7 @@ COMBINATIONS = [
          lr_schedule="linear"),
     dict(pooling="mean", sts_head="cosine", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
     dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
-    dict(option="pretrain", pcgrad=True, tasks=("sst", "para")),
+    dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
     dict(tasks=("cfimdb",), pooling="max", sampling="min"),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
     dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine", shared_layer=True, pcgrad=True, swap_pairs=True),
@@ -94,7 +94,7 @@ COMBINATIONS = [
 
 @pytest.mark.parametrize("overrides", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
 def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, overrides):
-    from train.step import init_state, make_grad_fns, make_optimizer, make_update
+    from train.step import evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
     config = tiny_config(tiny_encoder, small_data, **overrides)
     run = loop.Run(config, tiny_encoder)
@@ -119,6 +119,9 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     assert heads_moved > 0
     assert (encoder_moved == 0) == (config.option == "pretrain")
     assert bool(stats) == config.pcgrad
+    # After one update the debiased moving average (--ema) is the updated parameters themselves.
+    jax.tree_util.tree_map(lambda e, a: np.testing.assert_allclose(e, a, rtol=1e-6, atol=1e-9),
+                           jax.device_get(evaluated_params(state, config)), after)
 
 
 def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small_data):
@@ -217,7 +220,8 @@ def read_metrics(run_dir):
 
 
 UPDATES = []  # the jitted update that finished_run trained with
-PREDICTED_SPLITS = []  # the split of each Run.predict call of finished_run
+PREDICTED = []  # (split, parameters) of each Run.predict call of finished_run
+EVALUATED = []  # (trained parameters, parameters evaluated) of each epoch of finished_run (--ema 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -226,12 +230,16 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "full"
     argv = ["--preset", "cosfeat-pcgrad-mean", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data),
             "--epochs", "2", "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32",
-            "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--run-dir", str(run_dir), "--quiet"]
+            "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--ema", "0.5", "--run-dir", str(run_dir),
+            "--quiet"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
-        predict = loop.Run.predict
-        patch.setattr(loop.Run, "predict",
-                      lambda self, params, split: PREDICTED_SPLITS.append(split) or predict(self, params, split))
+        predict, evaluated_params = loop.Run.predict, loop.evaluated_params
+        patch.setattr(loop.Run, "predict", lambda self, params, split:
+                      PREDICTED.append((split, jax.device_get(params))) or predict(self, params, split))
+        patch.setattr(loop, "evaluated_params", lambda state, config:
+                      EVALUATED.append(jax.device_get((state.params, evaluated_params(state, config)))) or
+                      evaluated_params(state, config))
         assert main.main(argv) == 0
     return run_dir
 
@@ -273,7 +281,18 @@ def test_single_task_cfimdb_run_predicts_dev_only(tiny_encoder, small_data, tmp_
 
 def test_dev_is_predicted_once_per_epoch_and_test_once(finished_run):
     # The best epoch's dev predictions are written when it is scored, not predicted again at the end.
-    assert PREDICTED_SPLITS == ["dev", "dev", "test"]
+    assert [split for split, _ in PREDICTED] == ["dev", "dev", "test"]
+
+
+def test_dev_is_scored_and_kept_with_the_moving_average_of_the_parameters(finished_run):
+    """--ema: each epoch predicts dev with the average, not the parameters it trains, and keeps it as the best
+    checkpoint (test_dev_predictions_reproduce_the_best_metrics re-scores that checkpoint)."""
+    assert len(EVALUATED) == 2
+    for (split, predicted), (trained, averaged) in zip(PREDICTED, EVALUATED):
+        assert split == "dev"
+        jax.tree_util.tree_map(np.testing.assert_array_equal, predicted, averaged)
+        assert max(float(np.abs(t - a).max()) for t, a in
+                   zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(averaged))) > 1e-4
 
 
 def test_the_update_compiles_once_per_run(finished_run):

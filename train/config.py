@@ -39,6 +39,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
     weight_decay: float = 0.0
     decay_mask: str = "all"  # all | no-layernorm-bias
+    ema: float = 0.0  # decay of a moving average of the parameters, which is then evaluated and kept (0: none)
     epochs: int = 10
     batch_size: int = 32  # per task
     samples_per_task: int = 10_000
@@ -83,8 +84,9 @@ class TrainConfig:
                      "encoder_chunks"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout {self.dropout}: must be in [0, 1)")
+        for name in ("dropout", "ema"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} {getattr(self, name)}: must be in [0, 1)")
         self._loss_weights()
 
     def _pair_encodings(self) -> dict[str, str]:
@@ -188,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")
+    p.add_argument("--ema", type=float, help="evaluate, and keep as the best checkpoint, an exponential moving "
+                                             "average of the parameters with this decay per step, e.g. 0.999 "
+                                             "(default 0: the parameters themselves)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="examples per task per step")
     p.add_argument("--samples-per-task", type=int)

@@ -38,7 +38,7 @@ from .config import TASKS, TrainConfig
 from .distributed import any_process, barrier, is_main_process, main_process_first
 from .evaluate import Predictor, overall_score, task_metric, write_predictions
 from .model import MultitaskBert
-from .step import TrainState, init_state, make_grad_fns, make_optimizer, make_update
+from .step import TrainState, evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
 __all__ = ["RunError", "train", "evaluate_run", "load_run"]
 
@@ -375,7 +375,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                 _say(f"interrupted: checkpoint saved at epoch {epoch} step {position['next_step']}; "
                       f"continue with --resume {run_dir}")
                 return {}
-            dev_preds = run.predict(state.params, "dev")
+            params = evaluated_params(state, config)
+            dev_preds = run.predict(params, "dev")
             dev = run.score("dev", dev_preds)
             if is_main_process():
                 with open(run_dir / "metrics.jsonl", "a") as f:
@@ -388,7 +389,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                 run.write_predictions("dev", dev_preds, run_dir / "predictions")
                 # A run killed between the two saves has saved this epoch's best checkpoint already.
                 if best.latest_step() != epoch:
-                    _save(best, epoch, {"params": state.params}, {"epoch": epoch, "dev": dev})
+                    _save(best, epoch, {"params": params}, {"epoch": epoch, "dev": dev})
             position.update(epoch=epoch + 1, next_step=0)
             _save(latest, position["global_step"], _state_dict(state), position)
             _say(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))

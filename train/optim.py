@@ -97,6 +97,42 @@ def add_decay_after_update(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+class ParamsEmaState(NamedTuple):
+    """Update count and the running (not yet debiased) average of the parameters."""
+
+    count: jax.Array
+    ema: optax.Params
+
+
+def track_params_ema(decay: float) -> optax.GradientTransformation:
+    """Leaves the updates as they are and keeps an exponential moving average of the parameters they produce:
+    after step t, ``ema_t = decay * ema_{t-1} + (1 - decay) * (p + u)`` from ``ema_0 = 0``. Put it last in a
+    chain, where it sees the final updates; ``params_ema`` reads the average out of the optimizer state."""
+
+    def init_fn(params):
+        return ParamsEmaState(count=jnp.zeros([], jnp.int32), ema=jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("track_params_ema needs the parameters")
+        ema = jax.tree.map(lambda e, p, u: decay * e + (1 - decay) * (p + u), state.ema, params, updates)
+        return updates, ParamsEmaState(count=optax.safe_increment(state.count), ema=ema)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def params_ema(opt_state: Any, decay: float) -> Any:
+    """The average that ``track_params_ema(decay)`` keeps in ``opt_state``, divided by ``1 - decay**t`` after t
+    updates: it then weighs the trained parameters only, with no share left to the zeros it starts from."""
+    states = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+              if isinstance(s, ParamsEmaState)]
+    if len(states) != 1:
+        raise ValueError(f"expected one track_params_ema state in the optimizer state, found {len(states)}")
+    # 1 - decay**t as -expm1(t * log(decay)), as for Adam's bias correction above.
+    scale = 1 / -jnp.expm1(states[0].count.astype(jnp.result_type(float)) * math.log(decay))
+    return jax.tree.map(lambda e: (scale * e).astype(e.dtype), states[0].ema)
+
+
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: float = 0.9,

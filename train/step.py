@@ -20,10 +20,10 @@ import optax
 from .config import TrainConfig
 from .losses import task_loss
 from .model import MultitaskBert
-from .optim import adamw, decay_mask_no_layernorm_bias
+from .optim import adamw, decay_mask_no_layernorm_bias, params_ema, track_params_ema
 from .pcgrad import pcgrad
 
-__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "is_shared_param"]
+__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "is_shared_param", "evaluated_params"]
 
 # Parameters used by more than one task; everything else is one task's head.
 SHARED_MODULES = ("bert", "pair_shared")
@@ -50,10 +50,15 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
     lr = config.lr if config.lr_schedule == "constant" else optax.linear_schedule(config.lr, 0.0, total_steps)
     tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask)
-    if config.option == "finetune":
-        return tx
-    labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
-    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+    if config.option == "pretrain":
+        labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.chain(tx, track_params_ema(config.ema)) if config.ema else tx
+
+
+def evaluated_params(state: "TrainState", config: TrainConfig) -> Any:
+    """The parameters a run evaluates and keeps as its best: their moving average with --ema, else themselves."""
+    return params_ema(state.opt_state, config.ema) if config.ema else state.params
 
 
 def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
