@@ -46,7 +46,7 @@ def is_shared_param(path: tuple) -> bool:
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """The CS224N AdamW over a run of `total_steps` updates; with --option pretrain the encoder gets no update at
-    all (not even decay)."""
+    all (not even decay); with --ema, followed by the tracker of the parameters' moving average."""
     mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
     lr = config.lr if config.lr_schedule == "constant" else optax.linear_schedule(config.lr, 0.0, total_steps)
     tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask)
@@ -56,7 +56,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     return optax.chain(tx, track_params_ema(config.ema)) if config.ema else tx
 
 
-def evaluated_params(state: "TrainState", config: TrainConfig) -> Any:
+def evaluated_params(state: TrainState, config: TrainConfig) -> Any:
     """The parameters a run evaluates and keeps as its best: their moving average with --ema, else themselves."""
     return params_ema(state.opt_state, config.ema) if config.ema else state.params
 
