@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", default="sst,para,sts")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--encoder-chunks", type=int, default=1,
-                        help="JAX: row groups of a batch encoded apart (train.main --encoder-chunks)")
+    common.add_encoder_chunks_argument(parser)
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")

@@ -341,8 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
     parser.add_argument("--prng", default="rbg", choices=("rbg", "threefry2x32", "unsafe_rbg"),
                         help="JAX dropout key implementation (train/loop.py uses rbg)")
-    parser.add_argument("--encoder-chunks", type=int, default=1,
-                        help="JAX: row groups of a batch encoded apart (train.main --encoder-chunks)")
+    common.add_encoder_chunks_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
     parser.add_argument("--no-check", action="store_true", help="skip the deterministic loss check")
     parser.add_argument("--no-compile-cache", action="store_true",

@@ -152,6 +152,12 @@ def start_comparison(threads: int, compile_cache: bool) -> list[float]:
     return load_average()
 
 
+def add_encoder_chunks_argument(parser) -> None:
+    """The JAX side's --encoder-chunks option, as train.main has it."""
+    parser.add_argument("--encoder-chunks", type=int, default=1,
+                        help="JAX: row groups of a batch encoded apart (train.main --encoder-chunks)")
+
+
 def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dropout: bool = False, **overrides):
     """A train.loop.Run for a preset (or the defaults), with the given batch size.
 
