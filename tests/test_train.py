@@ -232,14 +232,18 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
             "--epochs", "2", "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32",
             "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--ema", "0.5", "--run-dir", str(run_dir),
             "--quiet"]
+    predict, evaluated_params = loop.Run.predict, loop.evaluated_params
+
+    def recorded_evaluated_params(state, config):
+        params = evaluated_params(state, config)
+        EVALUATED.append(jax.device_get((state.params, params)))
+        return params
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
-        predict, evaluated_params = loop.Run.predict, loop.evaluated_params
         patch.setattr(loop.Run, "predict", lambda self, params, split:
                       PREDICTED.append((split, jax.device_get(params))) or predict(self, params, split))
-        patch.setattr(loop, "evaluated_params", lambda state, config:
-                      EVALUATED.append(jax.device_get((state.params, evaluated_params(state, config)))) or
-                      evaluated_params(state, config))
+        patch.setattr(loop, "evaluated_params", recorded_evaluated_params)
         assert main.main(argv) == 0
     return run_dir
 
