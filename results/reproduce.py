@@ -74,6 +74,9 @@ ROWS = {
     # The same with the learning rate decaying linearly to 0 over the run.
     **{f"paracross-cosine-scaled-lr{lr}-linear": ([*PARACROSS, "--lr", lr, "--lr-schedule", "linear"], {})
        for lr in ("5e-5", "1e-4")},
+    # Both: the moving average over a learning rate that decays linearly to 0.
+    **{f"paracross-cosine-scaled-lr{lr}-linear-ema995": ([*PARACROSS, "--lr", lr, "--lr-schedule", "linear", "--ema", "0.995"], {})
+       for lr in ("5e-5", "1e-4")},
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     # SST alone with the best multi-task row's pooling and learning rate: what the model gives SST by itself.
