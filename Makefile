@@ -26,8 +26,9 @@ convert: $(CHECKPOINT)/params
 train: $(CHECKPOINT)/params
 	$(PY) -m train.main --preset cosfeat-pcgrad-mean --epochs 1 --samples-per-task 1000 --num-buckets 8 $(TRAIN_ARGS)
 
+# Test files spread over the cores (pytest-xdist), each file whole on one worker: its module fixtures run once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 results: $(CHECKPOINT)/params
 	$(PY) results/reproduce.py --epochs 1 --samples-per-task 2000 $(RESULTS_ARGS) --extra --num-buckets 8
