@@ -38,6 +38,8 @@ CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-pa
 # Paraphrase cross-encoded, STS bi-encoded with the cosine head (the preset's) on the scaled target.
 PARACROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross", "--no-para-cos-feature",
              "--sts-target", "scaled"]
+# SST alone with mean pooling.
+SST_MEAN = ["--tasks", "sst", "--pooling", "mean"]
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -80,7 +82,13 @@ ROWS = {
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     # SST alone with the best multi-task row's pooling and learning rate: what the model gives SST by itself.
-    **{f"sst-finetune-mean-lr{lr}": (["--tasks", "sst", "--pooling", "mean", "--lr", lr], {}) for lr in ("5e-5", "2e-5")},
+    **{f"sst-finetune-mean-lr{lr}": ([*SST_MEAN, "--lr", lr], {}) for lr in ("5e-5", "2e-5", "1e-5")},
+    # How far SST alone goes with this model: the better rate above with the moving average, a decaying rate,
+    # less head dropout, or the [CLS] pooler output.
+    "sst-finetune-mean-lr2e-5-ema995": ([*SST_MEAN, "--lr", "2e-5", "--ema", "0.995"], {}),
+    "sst-finetune-mean-lr2e-5-linear": ([*SST_MEAN, "--lr", "2e-5", "--lr-schedule", "linear"], {}),
+    "sst-finetune-mean-lr2e-5-dropout0.1": ([*SST_MEAN, "--lr", "2e-5", "--dropout", "0.1"], {}),
+    "sst-finetune-cls-lr2e-5": (["--tasks", "sst", "--lr", "2e-5"], {}),
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
     "para-finetune-cross-mean-lr5e-5": (["--tasks", "para", "--pair-encoding", "para=cross", "--pooling", "mean",
                                          "--lr", "5e-5"], {}),
