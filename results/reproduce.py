@@ -12,13 +12,15 @@ With --jobs N, N rows train at once, each logging to its run directory's train.l
 a GPU mostly idle, so rows side by side finish sooner than one after another. The summary writes
 results/README.md (a table per budget), results/rows.png, results/best/ (curves and test predictions
 of the best finished multi-task row) and copies each row's config.json, metrics.jsonl, run.json and
-predictions/ into results/<epochs>x<samples>/<row>/.
+predictions/ into results/<epochs>x<samples>/<row>/. A row with no run directory here (a fresh clone has no
+results/runs/) is summarised from that copy, so --summarize-only after training one row keeps every other row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -195,9 +197,19 @@ def epoch_records(run_dir: Path) -> list[dict]:
 
 
 def budgets() -> list[str]:
-    """The budget folders of results/runs/, smallest first."""
-    tags = [d.name for d in (RESULTS / "runs").glob("*x*") if d.is_dir()]
+    """The budgets with rows, trained here (results/runs/) or committed (results/<budget>/), smallest first."""
+    tags = {d.name for folder in (RESULTS / "runs", RESULTS) for d in folder.glob("*x*")
+            if d.is_dir() and re.fullmatch(r"\d+x\d+", d.name)}
     return sorted(tags, key=lambda tag: tuple(int(n) for n in tag.split("x")))
+
+
+def row_records(tag: str, name: str) -> Path | None:
+    """The folder holding a row's run.json, metrics.jsonl and predictions: its run directory where it was trained
+    here, else its copy in results/<budget>/ (a fresh clone has no results/runs/); None for a row never run."""
+    for folder in (RESULTS / "runs" / tag / name, RESULTS / tag / name):
+        if (folder / "metrics.jsonl").exists() and (folder / "run.json").exists():
+            return folder
+    return None
 
 
 def summarize() -> None:
@@ -222,8 +234,8 @@ def summarize() -> None:
         epochs, samples = tag.split("x")
         table, notes = [], []
         for name in ROWS:
-            run_dir = RESULTS / "runs" / tag / name
-            if not (run_dir / "metrics.jsonl").exists() or not (run_dir / "run.json").exists():
+            run_dir = row_records(tag, name)
+            if run_dir is None:
                 continue
             info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
             if info.get("note") and info["note"] not in notes:
@@ -241,11 +253,12 @@ def summarize() -> None:
             table.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | {trained} | "
                          f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} |")
             target = RESULTS / tag / name
-            target.mkdir(parents=True, exist_ok=True)
-            for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
-                if (run_dir / item).exists():
-                    shutil.copyfile(run_dir / item, target / item)
-            shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
+            if run_dir != target:
+                target.mkdir(parents=True, exist_ok=True)
+                for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
+                    if (run_dir / item).exists():
+                        shutil.copyfile(run_dir / item, target / item)
+                shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
         if table:  # a budget whose rows have no finished epoch yet gets no table
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time | device "
@@ -255,7 +268,7 @@ def summarize() -> None:
     complete = [key for key in multitask if finished[key]]  # only these have test predictions
     if complete:
         tag, name = best = max(complete, key=lambda key: scores[key]["overall"])
-        run_dir = RESULTS / "runs" / tag / name
+        run_dir = row_records(tag, name)
         shutil.copytree(run_dir / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
         shutil.copyfile(run_dir / "curves.png", RESULTS / "best" / "curves.png")
         lines += [f"Best finished multi-task row: **{name}** at {tag} (overall {scores[best]['overall']:.3f}); its test "

@@ -4,6 +4,7 @@ tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the 
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,3 +96,11 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     third = reproduce(results, rows, *argv)
     output = third.communicate(timeout=300)[0]
     assert third.returncode == 0 and output.count("done already") == 2, output
+
+    # A fresh clone has the committed copies but no run directories: the summary stays the same.
+    shutil.rmtree(results / "runs")
+    (results / "README.md").unlink()
+    fourth = reproduce(results, rows, "--summarize-only")
+    output = fourth.communicate(timeout=300)[0]
+    assert fourth.returncode == 0, output
+    assert (results / "README.md").read_text() == summary
