@@ -295,28 +295,28 @@ def make_torch_model(run, params, attn_implementation: str = "sdpa"):
                         layer.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"]).copy()))
                     self.heads[name] = layer
 
-        def embed(self, side: dict):
+        def embed(self, side: dict, pooling: str):
             out = self.bert(**side)
             if config.option == "pretrain":
                 out = {k: v.detach() for k, v in out.items()}
-            if config.pooling == "cls":
+            if pooling == "cls":
                 return out["pooler_output"].float()
             hidden_states = out["last_hidden_state"].float()
             mask = side["attention_mask"][..., None].to(hidden_states.dtype)
-            if config.pooling == "mean":
+            if pooling == "mean":
                 return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             return hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).max(1).values
 
-        def pair_features(self, sides):
-            pooled = [self.embed(s) for s in sides]
+        def pair_features(self, sides, pooling: str):
+            pooled = [self.embed(s, pooling) for s in sides]
             if config.shared_layer:
                 pooled = [torch.relu(self.heads["pair_shared"](self.dropout(p))) for p in pooled]
             return pooled
 
         def forward(self, sides: list[dict], task: str):
             if task in NUM_CLASSES:
-                return self.heads[f"{task}_classifier"](self.dropout(self.embed(sides[0])))
-            features = self.pair_features(sides)
+                return self.heads[f"{task}_classifier"](self.dropout(self.embed(sides[0], config.pooling_of(task))))
+            features = self.pair_features(sides, config.pooling_of(task))
             name = "para_classifier" if task == "para" else "sts_regressor"
             if config.pair_mode(task) == "cross":
                 return self.heads[name](self.dropout(features[0]))[:, 0]

@@ -51,7 +51,11 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "nope"], "--preset 'nope' does not exist"),
-    (["--pooling", "avg"], "--pooling 'avg': choose from cls, mean, max"),
+    (["--pooling", "avg"], "--pooling 'avg': choose cls, mean or max, then TASK=MODE items"),
+    (["--pooling", "mean,max"], "--pooling 'mean,max': choose cls, mean or max"),
+    (["--pooling", "sst=cls,mean"], "--pooling 'sst=cls,mean': choose cls, mean or max"),
+    (["--pooling", "mean,sst=avg"], "--pooling 'mean,sst=avg': choose cls, mean or max"),
+    (["--tasks", "sst,para", "--pooling", "mean,sts=cls"], "with TASK among the run's tasks (sst,para)"),
     (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
     (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross: a cross-encoded pair has no sentence"),
     (["--pair-encoding", "para=cross", "--para-cos-feature"], "--pair-encoding para=cross: a cross-encoded pair has no"),
@@ -88,7 +92,8 @@ COMBINATIONS = [
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
     dict(tasks=("cfimdb",), pooling="max", sampling="min"),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
-    dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine", shared_layer=True, pcgrad=True, swap_pairs=True),
+    dict(pair_encoding="para=cross", pooling="mean,sst=cls", sts_head="cosine", shared_layer=True, pcgrad=True,
+         swap_pairs=True),
 ]
 
 
@@ -162,6 +167,22 @@ def test_swapped_pairs_predict_from_the_mean_output_of_both_orders(tiny_encoder,
     np.testing.assert_allclose(run.predict(params, "dev")["sts"][rows], expected, rtol=1e-5)
 
 
+def test_per_task_pooling_gives_each_task_the_outputs_of_its_pooling(tiny_encoder, small_data):
+    config = tiny_config(tiny_encoder, small_data, pooling="mean,sst=cls,sts=max", dropout=0.0)
+    assert [config.pooling_of(t) for t in ("sst", "para", "sts", "cfimdb")] == ["cls", "mean", "max", "mean"]
+    assert train_config.parse_args(["--pooling", "sst=max"])[0].pooling_of("para") == "cls"  # the default stays cls
+    run = loop.Run(config, tiny_encoder)
+    params = run.init_params()
+    batches = next(run.train_steps(0))[0]
+    for task, pooling in (("sst", "cls"), ("para", "mean"), ("sts", "max")):
+        alone = run.model.clone(config=dataclasses.replace(config, pooling=pooling))
+        got, want = (np.asarray(model.apply({"params": params}, batches[task], task)) for model in (run.model, alone))
+        np.testing.assert_array_equal(got, want)
+        # ...and not those of another pooling: the choice reaches the task.
+        other = run.model.clone(config=dataclasses.replace(config, pooling="mean" if pooling != "mean" else "cls"))
+        assert np.abs(np.asarray(other.apply({"params": params}, batches[task], task)) - want).max() > 1e-4
+
+
 def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_data):
     """Encoding a batch's rows in groups (3 here, of unequal sizes) changes only how XLA schedules the work."""
     from train.losses import task_loss
@@ -192,7 +213,8 @@ def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_
 
 @pytest.mark.parametrize("overrides", [dict(pooling="max", shared_layer=True),
                                        dict(pooling="mean", sts_head="cosine", para_cos_feature=True),
-                                       dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine")])
+                                       dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine"),
+                                       dict(pooling="cls,para=mean,sts=max", para_cos_feature=True)])
 def test_sentence_level_predictions_match_the_pair_batches(tiny_encoder, small_data, overrides):
     """The Predictor encodes a bi-encoded pair's sentences apart, each padded to its own length; the
     predictions must be those of the model on whole pair batches."""

@@ -23,7 +23,8 @@ class TrainConfig:
 
     tasks: tuple[str, ...] = ("sst", "para", "sts")
     option: str = "finetune"  # finetune | pretrain (encoder frozen, heads only)
-    pooling: str = "cls"  # cls (pooler output) | mean | max
+    # cls (pooler output) | mean | max, optionally followed by per-task choices, e.g. "mean,sst=cls"
+    pooling: str = "cls"
     # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence | per task, e.g. "para=cross"
     # (a task left out is bi)
     pair_encoding: str = "bi"
@@ -59,7 +60,6 @@ class TrainConfig:
     def __post_init__(self):
         choices = {
             "option": ("finetune", "pretrain"),
-            "pooling": ("cls", "mean", "max"),
             "sts_head": ("linear", "cosine"),
             "sts_target": ("binary", "scaled"),
             "sampling": ("resample", "min", "proportional", "annealed"),
@@ -88,6 +88,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} {getattr(self, name)}: must be in [0, 1)")
         self._loss_weights()
+        self._poolings()
 
     def _pair_encodings(self) -> dict[str, str]:
         value, modes = self.pair_encoding, ("bi", "cross")
@@ -104,6 +105,26 @@ class TrainConfig:
     def sequence_mode(self, task: str) -> str:
         """How any task's examples are encoded: "single" (sst, cfimdb), or its pair_mode."""
         return self._pair_encodings().get(task, "single")
+
+    def _poolings(self) -> dict[str, str]:
+        modes = ("cls", "mean", "max")
+        items = self.pooling.split(",")
+        default = items[0] if "=" not in items[0] else "cls"
+        per_task = [item for item in items if "=" in item]
+        expected = (f"cls, mean or max, then TASK=MODE items for tasks pooled otherwise, with TASK among the run's "
+                    f"tasks ({','.join(self.tasks)}), e.g. mean,sst=cls")
+        try:
+            if default not in modes or len(per_task) != len(items) - (default == items[0]):
+                raise ConfigError
+            chosen = _task_values("--pooling", ",".join(per_task), self.tasks,
+                                  lambda mode: mode if mode in modes else None, expected) if per_task else {}
+        except ConfigError:
+            raise ConfigError(f"--pooling {self.pooling!r}: choose {expected}") from None
+        return {task: chosen.get(task, default) for task in TASKS}
+
+    def pooling_of(self, task: str) -> str:
+        """How `task`'s sentence (or cross-encoded pair) embeddings are pooled: "cls", "mean" or "max"."""
+        return self._poolings()[task]
 
     def _loss_weights(self) -> dict[str, float]:
         if not self.loss_weights:
@@ -173,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help=f"a reference-report row: {', '.join(PRESETS)}; later flags override it")
     p.add_argument("--tasks", help="comma-separated subset of " + ",".join(TASKS))
     p.add_argument("--option", help="finetune (default) or pretrain (encoder frozen, heads only)")
-    p.add_argument("--pooling", help="cls (default), mean or max")
+    p.add_argument("--pooling", help="cls (default), mean or max, for every task; then per task, e.g. mean,sst=cls "
+                                     "(sst pooled by [CLS], the others by mean)")
     p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings), cross (one pair sequence), or per "
                                            "task, e.g. para=cross (a task left out is bi)")
     _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")

@@ -52,7 +52,12 @@ class Predictor:
             return model.apply({"params": params}, batch, task)
 
         self._outputs = {task: jax.jit(functools.partial(outputs, task=task)) for task in config.tasks}
-        self._features = jax.jit(lambda p, b: model.apply({"params": p}, b, method=MultitaskBert.pair_features))
+        def features(params, batch, pooling):
+            return model.apply({"params": params}, batch, pooling, method=MultitaskBert.pair_features)
+
+        # Keyed by pooling, not task: pair tasks pooled alike share their compiled programs.
+        self._features = {pooling: jax.jit(functools.partial(features, pooling=pooling))
+                          for pooling in {config.pooling_of(task) for task in config.tasks}}
         self.config = config
 
     def __call__(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray,
@@ -66,7 +71,8 @@ class Predictor:
         if encoded.mode == "bi":
             sentences = encoded.sentences()
             batches = length_sorted_batches(sentences, buckets, self.batch_size)
-            features = predict_split(self._features, params, batches, len(sentences), self.mesh)
+            features = predict_split(self._features[self.config.pooling_of(task)], params, batches, len(sentences),
+                                     self.mesh)
             batches = _feature_batches(features[: len(encoded)], features[len(encoded) :], self.batch_size)
         else:
             batches = length_sorted_batches(encoded, buckets, self.batch_size)

@@ -67,8 +67,8 @@ class MultitaskBert(nn.Module):
         if cfg.shared_layer:
             self.pair_shared = nn.Dense(self.bert_config.hidden_size, name="pair_shared")
 
-    def embed(self, batch: dict, deterministic: bool) -> jax.Array:
-        """Pooled sentence embeddings of every row of the batch (float32)."""
+    def embed(self, batch: dict, pooling: str, deterministic: bool) -> jax.Array:
+        """Sentence embeddings of every row of the batch by `pooling` (cls, mean or max), float32."""
         rows = batch["input_ids"].shape[0]
         bounds = np.linspace(0, rows, min(self.encoder_chunks, rows) + 1).round().astype(int)
         pooled = []
@@ -77,13 +77,13 @@ class MultitaskBert(nn.Module):
             out = self.bert(ids, mask, types, deterministic=deterministic)
             if self.config.option == "pretrain":
                 out = jax.lax.stop_gradient(out)
-            pooled.append(pool(out, mask, self.config.pooling))
+            pooled.append(pool(out, mask, pooling))
         return jnp.concatenate(pooled).astype(jnp.float32)
 
-    def pair_features(self, batch: dict, deterministic: bool = True) -> jax.Array:
-        """Per row of a pair batch, the features its head reads: the pooled embedding, through the shared
-        layer if configured (bi-encoding: a sentence's features; cross-encoding: the pair's)."""
-        pooled = self.embed(batch, deterministic)
+    def pair_features(self, batch: dict, pooling: str, deterministic: bool = True) -> jax.Array:
+        """Per row of a pair batch, the features its head reads: the embedding pooled by `pooling`, through the
+        shared layer if configured (bi-encoding: a sentence's features; cross-encoding: the pair's)."""
+        pooled = self.embed(batch, pooling, deterministic)
         if self.config.shared_layer:
             pooled = nn.relu(self.pair_shared(self.dropout(pooled, deterministic=deterministic)))
         return pooled
@@ -106,8 +106,8 @@ class MultitaskBert(nn.Module):
 
         if task in NUM_CLASSES:
             classifier = self.sst_classifier if task == "sst" else self.cfimdb_classifier
-            return classifier(drop(self.embed(batch, deterministic)))
-        features = self.pair_features(batch, deterministic)
+            return classifier(drop(self.embed(batch, self.config.pooling_of(task), deterministic)))
+        features = self.pair_features(batch, self.config.pooling_of(task), deterministic)
         if self.config.pair_mode(task) == "cross":
             return self._pair_dense(task)(drop(features))[:, 0]
         half = features.shape[0] // 2
