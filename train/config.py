@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32 (default) or bfloat16: the encoder's computation dtype (parameters and "
                                    "optimizer state stay float32; bfloat16 steps are about 1.5x faster on this CPU)")
     p.add_argument("--encoder-chunks", type=int, help="encode each batch's rows in this many independent groups "
-                                                      "(default 1; same results; 2 makes a float32 step about 7%% "
-                                                      "faster on a 2-core CPU and compiling about 2x slower)")
+                                                      "(default 1; same results; 2 made a float32 step about 7%% "
+                                                      "faster on a 2-core Intel Xeon, no faster on a 2-core AMD "
+                                                      "EPYC; compiling takes about 2x longer)")
     p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
                                                     "(default 256; more pad less)")
     p.add_argument("--seed", type=int)

@@ -46,9 +46,9 @@ class MultitaskBert(nn.Module):
     value for the linear head, the cosine for the cosine head).
 
     `encoder_chunks` > 1 encodes a batch's rows in that many independent encoder calls. The outputs are
-    the same; on XLA:CPU, which runs each elementwise fusion on one thread, the two chains of one program
-    let one chunk's elementwise work run beside the other's products: 2 chunks make a float32 step about
-    7% faster on 2 cores, but each program holds the encoder twice and compiles about 2x slower
+    the same; on XLA:CPU the two chains of one program let one chunk's memory-bound work run beside the
+    other's products: 2 chunks made a float32 step about 7% faster on a 2-core Intel Xeon and no faster on
+    a 2-core AMD EPYC, and each program holds the encoder twice and compiles about 2x slower
     (docs/benchmarks.md). One chunk suits accelerators and short runs."""
 
     bert_config: BertConfig
