@@ -108,13 +108,12 @@ class TrainConfig:
 
     def _poolings(self) -> dict[str, str]:
         modes = ("cls", "mean", "max")
-        items = self.pooling.split(",")
-        default = items[0] if "=" not in items[0] else "cls"
-        per_task = [item for item in items if "=" in item]
+        first, *rest = self.pooling.split(",")
+        default, per_task = ("cls", [first, *rest]) if "=" in first else (first, rest)
         expected = (f"cls, mean or max, then TASK=MODE items for tasks pooled otherwise, with TASK among the run's "
                     f"tasks ({','.join(self.tasks)}), e.g. mean,sst=cls")
         try:
-            if default not in modes or len(per_task) != len(items) - (default == items[0]):
+            if default not in modes or any("=" not in item for item in per_task):
                 raise ConfigError
             chosen = _task_values("--pooling", ",".join(per_task), self.tasks,
                                   lambda mode: mode if mode in modes else None, expected) if per_task else {}

@@ -52,6 +52,7 @@ class Predictor:
             return model.apply({"params": params}, batch, task)
 
         self._outputs = {task: jax.jit(functools.partial(outputs, task=task)) for task in config.tasks}
+
         def features(params, batch, pooling):
             return model.apply({"params": params}, batch, pooling, method=MultitaskBert.pair_features)
 
