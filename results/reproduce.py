@@ -87,7 +87,7 @@ ROWS = {
        for lr in ("5e-5", "1e-4")},
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
-    # SST alone with the best multi-task row's pooling and learning rate: what the model gives SST by itself.
+    # SST alone with the best multi-task row's pooling, at its learning rate and lower ones: what the model gives SST.
     **{f"sst-finetune-mean-lr{lr}": ([*SST_MEAN, "--lr", lr], {}) for lr in ("5e-5", "2e-5", "1e-5")},
     # How far SST alone goes with this model: the better rate above with the moving average, a decaying rate,
     # less head dropout, or the [CLS] pooler output.
