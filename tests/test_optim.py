@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from train.optim import adamw, decay_mask_no_layernorm_bias, params_ema, track_params_ema
+from train.optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
 
 _rng = np.random.default_rng(0)
 X = _rng.normal(size=(64, 5))
@@ -35,16 +35,17 @@ def jax_loss(p, loss_scale=1.0):
 
 
 def reference_adamw(steps, every, lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-                    correct_bias=True, mask=None, loss_scale=1.0):
-    """The CS224N optimizer.py step, in float64 NumPy; parameters every `every` steps."""
+                    correct_bias=True, mask=None, loss_scale=1.0, lr_scales=None):
+    """The CS224N optimizer.py step, in float64 NumPy, each parameter at the learning rate times its factor in
+    `lr_scales` (1 if None); parameters every `every` steps."""
     p = {k: v.copy() for k, v in INIT.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
     snapshots = []
     for t in range(1, steps + 1):
         g = numpy_grad(p, loss_scale)
-        rate = lr(t - 1, np) if callable(lr) else lr
         for k in p:
+            rate = (lr(t - 1, np) if callable(lr) else lr) * (1.0 if lr_scales is None else lr_scales[k])
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k]
             alpha = rate * np.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else rate
@@ -99,6 +100,9 @@ CASES = {
     "no_bias_correction": dict(lr=1e-2, weight_decay=0.1, correct_bias=False),
     "schedule": dict(lr=warmup_linear_decay, weight_decay=0.1),
     "mask": dict(lr=1e-2, weight_decay=0.1, mask={"w": True, "b": False}),
+    "lr_scales": dict(lr=1e-2, weight_decay=0.1, lr_scales={"w": 0.5, "b": 0.25}),
+    "lr_scales_mask_schedule": dict(lr=warmup_linear_decay, weight_decay=0.1, mask={"w": False, "b": True},
+                                    lr_scales={"w": 0.5, "b": 0.25}),
 }
 
 
@@ -173,6 +177,35 @@ def test_callable_mask_equals_tree_mask():
     a = run_optax(adamw(1e-2, weight_decay=0.1, decay_mask=callable_mask), 50, 50)[-1]
     b = run_optax(make_adamw(**CASES["mask"]), 50, 50)[-1]
     assert max_diff(a, b) == 0.0
+
+
+def test_callable_lr_scales_equal_tree_lr_scales():
+    kw = CASES["lr_scales_mask_schedule"]
+    a = run_optax(make_adamw(**{**kw, "lr_scales": lambda p: kw["lr_scales"]}), 50, 50)[-1]
+    b = run_optax(make_adamw(**kw), 50, 50)[-1]
+    assert max_diff(a, b) == 0.0
+
+
+def test_layer_lr_scales_decay_from_the_heads_down():
+    leaf = {"kernel": 1.0, "bias": 1.0}
+    params = {
+        "bert": {"embeddings": {"word_embeddings": {"embedding": 1.0}, "LayerNorm": {"scale": 1.0}},
+                 "encoder": {f"layer_{i}": {"attention": {"self": {"query": leaf}}} for i in range(3)},
+                 "pooler": {"dense": leaf}},
+        "sst_classifier": leaf,
+    }
+    d = 0.5
+    assert layer_lr_scales(params, d) == {
+        "bert": {"embeddings": {"word_embeddings": {"embedding": d**4}, "LayerNorm": {"scale": d**4}},
+                 "encoder": {f"layer_{i}": {"attention": {"self": {"query": {"kernel": d ** (3 - i), "bias": d ** (3 - i)}}}}
+                             for i in range(3)},
+                 "pooler": {"dense": {"kernel": 1.0, "bias": 1.0}}},
+        "sst_classifier": {"kernel": 1.0, "bias": 1.0},
+    }
+    with pytest.raises(ValueError, match="bert/adapter/w is not under bert/embeddings"):
+        layer_lr_scales({**params, "bert": {**params["bert"], "adapter": {"w": 1.0}}}, d)
+    with pytest.raises(ValueError, match="found layer_0, layer_2"):
+        layer_lr_scales({"bert": {"encoder": {"layer_0": leaf, "layer_2": leaf}}}, d)
 
 
 # Settings for the comparison with optax.adamw / torch.optim.AdamW, all with the same

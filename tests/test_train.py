@@ -66,6 +66,10 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--epochs", "0"], "--epochs must be positive"),
     (["--pool-batches", "0"], "--pool-batches must be positive"),
     (["--encoder-chunks", "0"], "--encoder-chunks must be positive"),
+    (["--label-smoothing", "1"], "--label-smoothing 1.0: must be in [0, 1)"),
+    (["--layer-lr-decay", "0"], "--layer-lr-decay 0.0: must be in (0, 1]"),
+    (["--layer-lr-decay", "1.2"], "--layer-lr-decay 1.2: must be in (0, 1]"),
+    (["--layer-lr-decay", "0.8", "--option", "pretrain"], "--layer-lr-decay: --option pretrain freezes the encoder"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -86,11 +90,11 @@ def expected_modules(config: TrainConfig) -> set[str]:
 COMBINATIONS = [
     dict(),
     dict(pooling="max", sts_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
-         lr_schedule="linear"),
+         lr_schedule="linear", layer_lr_decay=0.8),
     dict(pooling="mean", sts_head="cosine", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
     dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
-    dict(tasks=("cfimdb",), pooling="max", sampling="min"),
+    dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
     dict(pair_encoding="para=cross", pooling="mean,sst=cls", sts_head="cosine", shared_layer=True, pcgrad=True,
          swap_pairs=True),
@@ -127,6 +131,22 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     # After one update the debiased moving average (--ema) is the updated parameters themselves.
     jax.tree_util.tree_map(lambda e, a: np.testing.assert_allclose(e, a, rtol=1e-6, atol=1e-9),
                            jax.device_get(evaluated_params(state, config)), after)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_matches_float64_soft_targets(smoothing):
+    """Against -sum_k q_k log softmax(x)_k with q = (1 - s) one_hot(y) + s / K, in float64 NumPy."""
+    from train.losses import smoothed_cross_entropy
+
+    rng = np.random.default_rng(3)
+    logits, labels = rng.normal(scale=4.0, size=(64, 5)), rng.integers(0, 5, size=64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    targets = (1 - smoothing) * np.eye(5)[labels] + smoothing / 5
+    want = -(targets * log_probs).sum(-1)
+    got = np.asarray(smoothed_cross_entropy(jax.numpy.asarray(logits, np.float32), labels, smoothing), np.float64)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    if smoothing:  # far from the unsmoothed loss: the test tells them apart
+        assert np.abs(want + log_probs[np.arange(64), labels]).max() > 0.1
 
 
 def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small_data):
@@ -405,6 +425,30 @@ def test_resume_refuses_contradicting_flags(finished_run, tmp_path, capsys):
         (tmp_path / "config.json").write_text(json.dumps(saved | setting))
         assert main.main(["--resume", str(tmp_path), "--epochs", "3"]) == 1
         assert f"a run with {named} cannot be extended" in capsys.readouterr().err
+
+
+def test_layer_lr_decay_scales_each_layer_update_of_the_model(tiny_encoder, small_data):
+    """The first update with --layer-lr-decay 0.5 is the plain one times 0.5 per layer down from the heads, on the
+    model's own parameter names: the pooler and the heads keep their rate. (train/optim.py's tests check the
+    decayed rates, weight decay included, against the float64 reference.)"""
+    from train.step import init_state, make_optimizer
+
+    plain = tiny_config(tiny_encoder, small_data)
+    params = loop.Run(plain, tiny_encoder).init_params()
+    grads = jax.tree.map(lambda p: jax.numpy.full_like(p, 0.1), params)
+    updates = []
+    for config in (plain, dataclasses.replace(plain, layer_lr_decay=0.5)):
+        tx = make_optimizer(config, total_steps=1)
+        updates.append(jax.device_get(tx.update(grads, init_state(params, tx).opt_state, params)[0]))
+    layers = len(params["bert"]["encoder"])
+    factors = {"embeddings": 0.5 ** (layers + 1), "pooler": 1.0, **{f"layer_{i}": 0.5 ** (layers - i) for i in range(layers)}}
+    leaves = zip(jax.tree_util.tree_leaves_with_path(updates[1]), jax.tree_util.tree_leaves(updates[0]))
+    for (path, update), plain_update in leaves:
+        names = [k.key for k in path]
+        part = names[2] if names[:2] == ["bert", "encoder"] else names[1]
+        factor = factors[part] if names[0] == "bert" else 1.0
+        np.testing.assert_allclose(update, factor * plain_update, rtol=1e-6, err_msg="/".join(names))
+    assert layers >= 2 and np.abs(plain_update).max() > 0
 
 
 def test_linear_schedule_decays_to_zero_at_the_last_step():

@@ -36,7 +36,9 @@ class TrainConfig:
     pcgrad: bool = False
     loss_weights: str = ""  # per-task multipliers of the loss's gradient, e.g. "sts=10" (a task left out: 1)
     dropout: float = 0.3
+    label_smoothing: float = 0.0  # share of the uniform distribution in the sst and cfimdb targets
     lr: float = 1e-5
+    layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
     weight_decay: float = 0.0
     decay_mask: str = "all"  # all | no-layernorm-bias
@@ -84,9 +86,13 @@ class TrainConfig:
                      "encoder_chunks"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
-        for name in ("dropout", "ema"):
+        for name in ("dropout", "ema", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name} {getattr(self, name)}: must be in [0, 1)")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
+        if self.layer_lr_decay != 1 and self.option == "pretrain":
+            raise ConfigError("--layer-lr-decay: --option pretrain freezes the encoder, whose layers it would decay")
         self._loss_weights()
         self._poolings()
 
@@ -207,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-weights", help="per-task multipliers of the loss in its gradient, e.g. sts=10 (default 1 "
                                           "for every task; the logged losses stay unweighted)")
     p.add_argument("--dropout", type=float)
+    p.add_argument("--label-smoothing", type=float, help="train sst and cfimdb against their labels mixed with this "
+                                                          "share of the uniform distribution (default 0)")
     p.add_argument("--lr", type=float)
+    p.add_argument("--layer-lr-decay", type=float, help="multiply the learning rate by this factor per layer down "
+                                                         "from the heads: the top encoder layer trains at lr x D, the "
+                                                         "embeddings at lr x D^(layers+1) (default 1: one rate)")
     p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")

@@ -8,7 +8,7 @@ import optax
 
 from .config import TrainConfig
 
-__all__ = ["task_loss", "predictions"]
+__all__ = ["task_loss", "predictions", "smoothed_cross_entropy"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -16,16 +16,26 @@ def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+    """Cross-entropy of the logits against the one-hot labels mixed with `smoothing` of the uniform distribution
+    over the K classes: (1 - smoothing) CE(label) + smoothing * mean_k CE(k), per example."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if smoothing:
+        # mean_k CE(k) = logsumexp(logits) - mean_k logits_k.
+        loss = (1 - smoothing) * loss + smoothing * (jax.nn.logsumexp(logits, -1) - logits.mean(-1))
+    return loss
+
+
 def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
     """Mean loss over the real (weight 1) rows of a task batch.
 
-    sst/cfimdb: cross-entropy; para: binary cross-entropy on the logit; sts: with the linear
+    sst/cfimdb: cross-entropy (against smoothed labels with --label-smoothing); para: binary cross-entropy on the logit; sts: with the linear
     head, BCE on (label > 2) or MSE on label / 5; with the cosine head, MSE between the cosine
     and the target.
     """
     labels, weights = batch["labels"], batch["weights"]
     if task in ("sst", "cfimdb"):
-        per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+        per_example = smoothed_cross_entropy(outputs, labels, config.label_smoothing)
     elif task == "para":
         per_example = optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
     else:

@@ -69,15 +69,34 @@ def scale_by_minbert_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _per_param(values: Any | Callable[[Any], Any], params: Any) -> Any:
+    return values(params) if callable(values) else values
+
+
+def scale_per_param(scales: Any | Callable[[Any], Any]) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by its own factor: ``scales`` is a pytree of floats matching the
+    parameters, or a callable params -> such a pytree (e.g. ``layer_lr_scales``)."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_per_param needs the parameters")
+        factors = _per_param(scales, params)
+        return jax.tree.map(lambda u, f: jnp.asarray(f, u.dtype) * u, updates, factors), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def add_decay_after_update(
-    learning_rate: optax.ScalarOrSchedule, weight_decay: float
+    learning_rate: optax.ScalarOrSchedule, weight_decay: float, factors: Any | Callable[[Any], Any] | None = None
 ) -> optax.GradientTransformation:
-    """Maps an update ``u`` to ``u - lr * weight_decay * (p + u)``.
+    """Maps an update ``u`` to ``u - lr * f * weight_decay * (p + u)``.
 
     Applied to the final (already lr-scaled, sign-flipped) Adam update ``u``,
     this makes ``p + u_out`` equal the reference's ``p' - lr*wd*p'`` with
     ``p' = p + u``: decoupled decay of the parameter after the Adam step.
-    ``learning_rate`` may be a float or a schedule of the step count.
+    ``learning_rate`` may be a float or a schedule of the step count; ``f`` is
+    the parameter's entry in ``factors`` (a pytree of floats, or a callable
+    params -> one), 1 for every parameter if None, 0 for one not decayed.
     """
 
     def init_fn(params):
@@ -87,10 +106,10 @@ def add_decay_after_update(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("add_decay_after_update needs the parameters")
+        per_param = jax.tree.map(lambda _: 1.0, params) if factors is None else _per_param(factors, params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        rate = lr * weight_decay
         updates = jax.tree.map(
-            lambda u, p: u - jnp.asarray(rate, u.dtype) * (p + u), updates, params
+            lambda u, p, f: u - jnp.asarray(lr * weight_decay * f, u.dtype) * (p + u), updates, params, per_param
         )
         return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
@@ -141,6 +160,7 @@ def adamw(
     weight_decay: float = 0.0,
     correct_bias: bool = True,
     decay_mask: Any | Callable[[Any], Any] | None = None,
+    lr_scales: Any | Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
     """The CS224N minBERT AdamW (see the module docstring) as an optax chain.
 
@@ -153,15 +173,33 @@ def adamw(
       decay_mask: None to decay every parameter (the reference), else a pytree
         of bools matching the parameters, or a callable params -> such a pytree
         (e.g. ``decay_mask_no_layernorm_bias``); False leaves are not decayed.
+      lr_scales: None for one learning rate (the reference), else a pytree of
+        floats matching the parameters, or a callable params -> such a pytree
+        (e.g. ``layer_lr_scales``): each parameter steps, and decays, as if the
+        learning rate were ``learning_rate`` times its factor.
     """
     transforms = [
         scale_by_minbert_adam(b1, b2, eps, correct_bias),
         optax.scale_by_learning_rate(learning_rate),
     ]
+    if lr_scales is not None:
+        transforms.append(scale_per_param(lr_scales))
     if weight_decay:
-        decay = add_decay_after_update(learning_rate, weight_decay)
-        transforms.append(decay if decay_mask is None else optax.masked(decay, decay_mask))
+        transforms.append(add_decay_after_update(learning_rate, weight_decay, _decay_factors(decay_mask, lr_scales)))
     return optax.chain(*transforms)
+
+
+def _decay_factors(decay_mask, lr_scales) -> Callable[[Any], Any] | None:
+    """The decay's per-parameter factors: the learning rate's factor where the mask decays, 0 where it does not."""
+    if decay_mask is None and lr_scales is None:
+        return None
+
+    def factors(params):
+        mask = jax.tree.map(lambda _: True, params) if decay_mask is None else _per_param(decay_mask, params)
+        scales = jax.tree.map(lambda _: 1.0, params) if lr_scales is None else _per_param(lr_scales, params)
+        return jax.tree.map(lambda scale, decayed: scale if decayed else 0.0, scales, mask)
+
+    return factors
 
 
 def _key_name(key) -> Any:
@@ -183,3 +221,30 @@ def decay_mask_no_layernorm_bias(params: Any) -> Any:
         return not (names[-1:] == ["bias"] or any("LayerNorm" in n for n in names))
 
     return jax.tree_util.tree_map_with_path(decay, params)
+
+
+def layer_lr_scales(params: Any, decay: float) -> Any:
+    """Pytree of floats for ``adamw(lr_scales=...)``: layer-wise learning-rate decay of a BERT under ``bert``.
+
+    Each step down from the heads multiplies the rate by ``decay``: the heads and the pooler keep 1, encoder
+    layer i of L gets ``decay ** (L - i)`` (the top layer ``decay``), and the embeddings ``decay ** (L + 1)``.
+    Lower layers hold more general features, which fine-tuning on small data should move less.
+    """
+    encoder = params["bert"]["encoder"]
+    num_layers = len(encoder)
+    if sorted(encoder) != sorted(f"layer_{i}" for i in range(num_layers)):
+        raise ValueError(f"layer_lr_scales: expected bert/encoder to hold layer_0 .. layer_{num_layers - 1}, "
+                         f"found {', '.join(sorted(encoder))}")
+
+    def depth(path, _):
+        names = [str(_key_name(k)) for k in path]
+        if names[0] != "bert" or names[1] == "pooler":
+            return 0
+        if names[1] == "embeddings":
+            return num_layers + 1
+        if names[1] == "encoder":
+            return num_layers - int(names[2].removeprefix("layer_"))
+        raise ValueError(f"layer_lr_scales: {'/'.join(names)} is not under bert/embeddings, bert/encoder or "
+                         "bert/pooler")
+
+    return jax.tree.map(lambda d: decay**d, jax.tree_util.tree_map_with_path(depth, params))

@@ -20,7 +20,7 @@ import optax
 from .config import TrainConfig
 from .losses import task_loss
 from .model import MultitaskBert
-from .optim import adamw, decay_mask_no_layernorm_bias, params_ema, track_params_ema
+from .optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
 from .pcgrad import pcgrad
 
 __all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "is_shared_param", "evaluated_params"]
@@ -45,11 +45,13 @@ def is_shared_param(path: tuple) -> bool:
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The CS224N AdamW over a run of `total_steps` updates; with --option pretrain the encoder gets no update at
+    """The CS224N AdamW over a run of `total_steps` updates, its rate decayed layer by layer with --layer-lr-decay;
+    with --option pretrain the encoder gets no update at
     all (not even decay); with --ema, followed by the tracker of the parameters' moving average."""
     mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
     lr = config.lr if config.lr_schedule == "constant" else optax.linear_schedule(config.lr, 0.0, total_steps)
-    tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask)
+    scales = None if config.layer_lr_decay == 1 else functools.partial(layer_lr_scales, decay=config.layer_lr_decay)
+    tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask, lr_scales=scales)
     if config.option == "pretrain":
         labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
