@@ -98,6 +98,10 @@ ROWS = {
     # The best of those with other seeds: how far apart runs of one setting land on SST dev.
     **{f"sst-finetune-cls-lr2e-5-seed{seed}": (["--tasks", "sst", "--lr", "2e-5", "--seed", str(seed)], {})
        for seed in (2, 3)},
+    # Its seed with labels smoothed, or with layer-wise learning rates (top layer 4e-5 down to 1e-5 for the
+    # embeddings): regularisers of fine-tuning on little data.
+    "sst-finetune-cls-lr2e-5-ls0.1": (["--tasks", "sst", "--lr", "2e-5", "--label-smoothing", "0.1"], {}),
+    "sst-finetune-cls-lr5e-5-llrd0.8": (["--tasks", "sst", "--lr", "5e-5", "--layer-lr-decay", "0.8"], {}),
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
     "para-finetune-cross-mean-lr5e-5": (["--tasks", "para", "--pair-encoding", "para=cross", "--pooling", "mean",
                                          "--lr", "5e-5"], {}),
