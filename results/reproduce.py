@@ -76,7 +76,8 @@ ROWS = {
     # Scored and kept: a moving average of the parameters over about the last 200 steps (of 313 an epoch), as the
     # best row's dev scores swing by 0.01-0.02 from epoch to epoch.
     "paracross-cosine-scaled-lr5e-5-ema995": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995"], {}),
-    "paracross-cosine-scaled-lr5e-5-ema995-seed2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--seed", "2"], {}),
+    **{f"paracross-cosine-scaled-lr5e-5-ema995-seed{seed}": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--seed",
+                                                             str(seed)], {}) for seed in (2, 3)},
     # Sentiment, the one task below the reference's best row, pooled by [CLS] as SST alone prefers it
     # (sst-finetune-cls-lr2e-5 against -mean-lr2e-5); the pairs keep mean pooling.
     "paracross-cosine-scaled-lr5e-5-ema995-sstcls": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--pooling",
