@@ -16,6 +16,8 @@ records hold `label == NO_LABEL` (-1) and `load_split` returns `labels=None`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 from pathlib import Path
 
@@ -136,12 +138,27 @@ class Cs224nCfimdb(_TaskBuilder, skip_registration=True):
 BUILDERS: dict[str, type[_TaskBuilder]] = {b.family.name: b for b in (Cs224nSst, Cs224nQuora, Cs224nSts, Cs224nCfimdb)}
 
 
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """Holds an exclusive lock on the file `path` (created if missing) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def get_builder(task: str, data_dir: str | Path | None = None, source_dir: str | Path | None = None) -> _TaskBuilder:
-    """The task's builder, prepared under `data_dir` (default <repo>/.cache/tfds) if not yet there."""
+    """The task's builder, prepared under `data_dir` (default <repo>/.cache/tfds) if not yet there.
+
+    Processes started together on a fresh `data_dir` (rows trained side by side) prepare a task one at a
+    time: the first writes it, the others wait and reuse it. Unlocked, each would write its own copy and all
+    but the first would fail to rename theirs into place.
+    """
     if task not in BUILDERS:
         raise KeyError(f"unknown task {task!r}; tasks: {', '.join(BUILDERS)}")
-    builder = BUILDERS[task](source_dir=source_dir, data_dir=data_dir)
-    builder.download_and_prepare()
+    with _exclusive_lock(Path(data_dir or DEFAULT_DATA_DIR) / f"{task}.lock"):
+        builder = BUILDERS[task](source_dir=source_dir, data_dir=data_dir)
+        builder.download_and_prepare()
     return builder
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -266,6 +267,24 @@ def test_changed_source_is_prepared_again(tmp_path):
     second = get_builder("sst", cache, sources)
     assert second.data_dir != first.data_dir
     assert load_split("sst", "dev", cache, sources).sentences == (["Dev one , edited ."],)
+
+
+def _prepare_after_barrier(barrier, task, cache, sources):
+    barrier.wait()
+    get_builder(task, cache, sources)
+
+
+def test_processes_preparing_one_fresh_folder_at_once_all_succeed(tmp_path):
+    sources, cache = _write_sst_sources(tmp_path / "src"), tmp_path / "cache"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_prepare_after_barrier, args=(barrier, "sst", cache, sources)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert load_split("sst", "dev", cache, sources).sentences == (["Dev one ."],)
 
 
 def test_broken_source_fails_preparation_with_data_error(tmp_path):
