@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -342,6 +343,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dict:
     enable_compilation_cache()
+    if quiet:
+        tfds.disable_progress_bar()  # preparing the task data on first use draws bars too
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / "config.json").exists():
         raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} or choose another --run-dir")
