@@ -294,18 +294,22 @@ def summarize() -> None:
                   "predictions are in `best/predictions/`, its curves in `best/curves.png`.", ""]
     if multitask:
         tags = [t for t in budgets() if any(key[0] == t for key in multitask)]
-        fig, axes = plt.subplots(len(tags), 1, figsize=(11, 3.4 * len(tags)), squeeze=False)
+        names_by_tag = {tag: [name for t, name in multitask if t == tag] for tag in tags}
+        # Horizontal bars, names down the side: panels grow with their rows and long row names stay readable.
+        heights = [0.8 + 0.32 * len(names_by_tag[tag]) for tag in tags]
+        fig, axes = plt.subplots(len(tags), 1, figsize=(9, sum(heights) + 0.6), squeeze=False,
+                                 gridspec_kw={"height_ratios": heights})
         width = 0.2
-        widest = max(sum(key[0] == tag for key in multitask) for tag in tags)  # the same bar width in every panel
         for ax, tag in zip(axes[:, 0], tags):
-            names = [name for t, name in multitask if t == tag]
+            names = names_by_tag[tag]
             for i, metric in enumerate(("sst", "para", "sts", "overall")):
-                heights = [scores[tag, n].get(metric, 0.0) for n in names]  # a row may leave out a task
-                ax.bar([j + i * width for j in range(len(names))], heights, width, label=metric)
-            ax.set_xticks([j + 1.5 * width for j in range(len(names))], names, rotation=12, fontsize=7)
-            ax.set(title=f"dev metrics per row, budget {tag}", ylim=(0, 1), xlim=(-0.5, widest))
-            ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
+                values = [scores[tag, n].get(metric, 0.0) for n in names]  # a row may leave out a task
+                ax.barh([j + i * width for j in range(len(names))], values, width, label=metric)
+            ax.set_yticks([j + 1.5 * width for j in range(len(names))], names, fontsize=7)
+            ax.set(title=f"dev metrics per row, budget {tag}", xlim=(0, 1), ylim=(len(names) - 0.1, -0.3))
+            ax.grid(axis="x", alpha=0.3)
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=4, fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (sum(heights) + 0.6)))
         fig.savefig(RESULTS / "rows.png", dpi=100)
         plt.close(fig)
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
