@@ -24,7 +24,7 @@ from data.input_pipeline import (
     shard_batch,
 )
 from data.tasks import FAMILIES, DataError, MalformedRowWarning, Rows, TaskFamily, read_rows
-from data.tfds_builders import NO_LABEL, get_builder, load_split, source_digest
+from data.tfds_builders import NO_LABEL, disable_progress_bars, get_builder, load_split, source_digest
 
 __all__ = [
     "FAMILIES",
@@ -40,6 +40,7 @@ __all__ = [
     "choose_buckets",
     "data_mesh",
     "default_tokenizer",
+    "disable_progress_bars",
     "encode_split",
     "get_builder",
     "length_sorted_batches",

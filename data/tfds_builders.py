@@ -35,6 +35,7 @@ __all__ = [
     "source_digest",
     "get_builder",
     "load_split",
+    "disable_progress_bars",
 ]
 
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parent / "cs224n"
@@ -178,3 +179,8 @@ def load_split(
     ids = [r["id"].decode("utf-8") for r in records]
     labels = None if split == "test" else np.asarray([r["label"] for r in records], dtype=family.label_dtype)
     return Rows(ids, texts, labels)
+
+
+def disable_progress_bars() -> None:
+    """Turns off the progress bars TFDS draws while it prepares task data on first use (process-wide)."""
+    tfds.disable_progress_bar()

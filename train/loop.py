@@ -27,12 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bert_flax import CheckpointError, Tokenizer, from_pretrained, save_pretrained
-from data import input_pipeline
+from data import disable_progress_bars, input_pipeline
 from data.tasks import FAMILIES, DataError
 
 from .config import TASKS, TrainConfig
@@ -344,7 +343,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dict:
     enable_compilation_cache()
     if quiet:
-        tfds.disable_progress_bar()  # preparing the task data on first use draws bars too
+        disable_progress_bars()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / "config.json").exists():
         raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} or choose another --run-dir")
