@@ -42,6 +42,8 @@ PARACROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross",
              "--sts-target", "scaled"]
 # SST alone with mean pooling.
 SST_MEAN = ["--tasks", "sst", "--pooling", "mean"]
+# CFIMDB alone at the reference's batch size for it.
+CFIMDB = ["--tasks", "cfimdb", "--batch-size", "8"]
 # SST alone pooled by [CLS]: settings.
 SST_CLS = {"lr2e-5": ["--lr", "2e-5"], "lr2e-5-ls0.1": ["--lr", "2e-5", "--label-smoothing", "0.1"],
            "lr5e-5-llrd0.8": ["--lr", "5e-5", "--layer-lr-decay", "0.8"]}
@@ -117,8 +119,8 @@ ROWS = {
                                            "--pooling", "mean", "--lr", "5e-5"], {}),
     # CFIMDB reviews run to 224 tokens on average (87% are longer than 128): the reference reads them whole, up to
     # BERT's 512 positions; the -len128 row cuts them at the default 128.
-    "cfimdb-finetune": (["--tasks", "cfimdb", "--batch-size", "8", "--max-length", "512"], dict(cfimdb=0.966)),
-    "cfimdb-finetune-len128": (["--tasks", "cfimdb", "--batch-size", "8"], dict(cfimdb=0.966)),
+    "cfimdb-finetune": ([*CFIMDB, "--max-length", "512"], dict(cfimdb=0.966)),
+    "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
 }
 MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
@@ -300,7 +302,8 @@ def summarize() -> None:
         names_by_tag = {tag: [name for t, name in multitask if t == tag] for tag in tags}
         # Horizontal bars, names down the side: panels grow with their rows and long row names stay readable.
         heights = [0.8 + 0.32 * len(names_by_tag[tag]) for tag in tags]
-        fig, axes = plt.subplots(len(tags), 1, figsize=(9, sum(heights) + 0.6), squeeze=False,
+        fig_height = sum(heights) + 0.6  # inches: the panels, then room for the legend above them
+        fig, axes = plt.subplots(len(tags), 1, figsize=(9, fig_height), squeeze=False,
                                  gridspec_kw={"height_ratios": heights})
         width = 0.2
         for ax, tag in zip(axes[:, 0], tags):
@@ -312,7 +315,7 @@ def summarize() -> None:
             ax.set(title=f"dev metrics per row, budget {tag}", xlim=(0, 1), ylim=(len(names) - 0.1, -0.3))
             ax.grid(axis="x", alpha=0.3)
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=4, fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (sum(heights) + 0.6)))
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig_height))
         fig.savefig(RESULTS / "rows.png", dpi=100)
         plt.close(fig)
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
