@@ -8,6 +8,7 @@
 
 Each row is `python -m train.main` with the flags in ROWS plus the budget flags; its run directory is
 results/runs/<epochs>x<samples>/<row>. A finished row is not run again; a stopped one (Ctrl-C) is resumed.
+A soup row (SOUPS) is `python -m train.soup` over its ingredient rows of the same budget, trained first.
 With --jobs N, N rows train at once, each logging to its run directory's train.log: a small model leaves
 a GPU mostly idle, so rows side by side finish sooner than one after another. The summary writes
 results/README.md (a table per budget), results/rows.png, results/best/ (curves and test predictions
@@ -122,7 +123,12 @@ ROWS = {
     "cfimdb-finetune": ([*CFIMDB, "--max-length", "512"], dict(cfimdb=0.966)),
     "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
 }
-MULTITASK = [name for name in ROWS if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
+# Soup row -> its ingredient rows of the same budget: one model, the mean of their best parameters (train/soup.py).
+SOUPS = {
+    # The best setting's three seeds.
+    "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}" for suffix in SEEDS],
+}
+MULTITASK = [name for name in [*ROWS, *SOUPS] if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 # The rows in results/ were trained with pools of 64 batches, the default before 20 buckets and pools of 256
@@ -152,23 +158,29 @@ def device_name() -> str:
 
 
 def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:
-    """Trains one row into results/runs/<budget>/<name>; True when it finished.
+    """Trains one row into results/runs/<budget>/<name> (a soup row: averages its finished ingredient rows there);
+    True when it finished.
 
     run.json records the command, wall time, commit, device and whether the row finished: a row stopped by
-    Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it."""
+    Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it (a soup
+    starts again)."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *ROW_POOL, *extra]
-    run_dir = RESULTS / "runs" / budget_tag(epochs, samples_per_task) / name
+    runs = RESULTS / "runs" / budget_tag(epochs, samples_per_task)
+    run_dir = runs / name
     previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     if previous.get("finished"):
-        print(f"{name}: done already ({run_dir})")
+        print(f"{name}: done already ({run_dir})", flush=True)
         return True
-    argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
-    resumed = (run_dir / "config.json").exists()  # a row stopped before it finished continues
+    if name in SOUPS:
+        argv = [sys.executable, "-m", "train.soup", "--run-dir", str(run_dir), *(str(runs / n) for n in SOUPS[name])]
+    else:
+        argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
+    resumed = name in ROWS and (run_dir / "config.json").exists()  # a row stopped before it finished continues
     if run_dir.exists() and not resumed:
         shutil.rmtree(run_dir)
     command = [sys.executable, "-m", "train.main", "--resume", str(run_dir), "--quiet"] if resumed else argv
-    print(f"{name}: {' '.join(command[1:])}", flush=True)
+    print(f"{name}: {' '.join(command[1:])}\n", end="", flush=True)  # one write: rows side by side print whole lines
     start, commit = time.time(), git_commit()  # the code the row starts with, whatever changes while it runs
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a") if log_to_file else open(sys.stdout.fileno(), "w", closefd=False) as log:
@@ -179,9 +191,9 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
         finally:
             RUNNING.discard(process)
     if returncode not in (0, 130):
-        raise RuntimeError(f"{name}: train.main exited with status {returncode}" +
+        raise RuntimeError(f"{name}: {command[2]} exited with status {returncode}" +
                            (f" (log: {run_dir / 'train.log'})" if log_to_file else ""))
-    wall_time = previous.get("wall_time_s", 0) + time.time() - start
+    wall_time = (previous.get("wall_time_s", 0) if resumed else 0) + time.time() - start
     info = {"argv": argv[1:], "wall_time_s": round(wall_time, 1), "commit": commit, "device": device,
             "finished": returncode == 0}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -257,11 +269,11 @@ def summarize() -> None:
     for tag in budgets():
         epochs, samples = tag.split("x")
         table, notes = [], []
-        for name in ROWS:
+        for name in [*ROWS, *SOUPS]:
             run_dir = row_records(tag, name)
             if run_dir is None:
                 continue
-            info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1]
+            info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1] if name in ROWS else {}
             if info.get("note") and info["note"] not in notes:
                 notes.append(info["note"])
             records = epoch_records(run_dir)
@@ -274,6 +286,8 @@ def summarize() -> None:
                 cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
             overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
             trained = f"{done}" if finished[tag, name] else f"{done} of {epochs}, stopped"
+            if name in SOUPS:
+                trained = f"soup of {len(SOUPS[name])} rows"
             table.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | {trained} | "
                          f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} |")
             target = RESULTS / tag / name
@@ -325,14 +339,18 @@ def summarize() -> None:
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=[*ROWS, *SOUPS], default=[*ROWS, *SOUPS],
+                        help="rows to run (default: all); a soup row runs its ingredient rows first")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--samples-per-task", type=int, default=2000)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every row")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (for a GPU; default 1)")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
-    if not args.summarize_only and not run_rows(args.rows, args.epochs, args.samples_per_task, args.extra, args.jobs):
+    soups = [name for name in args.rows if name in SOUPS]
+    trained = list(dict.fromkeys([*(name for name in args.rows if name in ROWS), *(n for s in soups for n in SOUPS[s])]))
+    if not args.summarize_only and not all(run_rows(names, args.epochs, args.samples_per_task, args.extra, args.jobs)
+                                           for names in (trained, soups)):
         print("stopped: the same command resumes the unfinished rows")
         return 130
     summarize()

@@ -1,5 +1,6 @@
-"""results/reproduce.py on two tiny rows: per-budget run folders, rows side by side (--jobs), the summary
-tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the next call."""
+"""results/reproduce.py on two tiny rows and their soup: per-budget run folders, rows side by side (--jobs), the
+soup after its rows, the summary tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the next
+call."""
 
 import importlib.util
 import json
@@ -22,7 +23,10 @@ def tiny_rows(tiny_encoder, small_data) -> dict:
     return {"tiny-a": ([*flags, "--lr", "1e-3"], {"overall": 0.5}), "tiny-b": ([*flags, "--lr", "3e-3"], {})}
 
 
-# Loads reproduce.py with its rows and output folder replaced, then runs its command line.
+SOUPS = {"tiny-soup": ["tiny-a", "tiny-b"]}
+
+
+# Loads reproduce.py with its rows, soups and output folder replaced, then runs its command line.
 DRIVER = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("reproduce", sys.argv[1])
@@ -30,14 +34,15 @@ reproduce = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reproduce)
 reproduce.RESULTS = reproduce.Path(sys.argv[2])
 reproduce.ROWS = {name: (flags, reference) for name, (flags, reference) in json.loads(sys.argv[3]).items()}
-reproduce.MULTITASK = list(reproduce.ROWS)
-sys.exit(reproduce.main(sys.argv[4:]))
+reproduce.SOUPS = json.loads(sys.argv[4])
+reproduce.MULTITASK = [*reproduce.ROWS, *reproduce.SOUPS]
+sys.exit(reproduce.main(sys.argv[5:]))
 """
 
 
 def reproduce(results: Path, rows: dict, *argv: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO / "results" / "reproduce.py"), str(results),
-                             json.dumps(rows), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             json.dumps(rows), json.dumps(SOUPS), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
 
 
@@ -62,6 +67,7 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     for name in rows:
         assert run_json(results, name)["finished"] is False, output
     assert not (results / "README.md").exists()  # no summary of stopped rows
+    assert not (results / "runs" / "2x16" / "tiny-soup").exists()  # nor a soup of them
 
     second = reproduce(results, rows, *argv)
     output = second.communicate(timeout=300)[0]
@@ -77,15 +83,24 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
             "sst-dev-output.csv", "sst-test-output.csv", "sts-dev-output.csv", "sts-test-output.csv"]
         assert (copied / "metrics.jsonl").read_text().splitlines() == metrics
 
+    soup = run_json(results, "tiny-soup")
+    assert soup["finished"] is True and soup["argv"] == [
+        "-m", "train.soup", "--run-dir", str(results / "runs" / "2x16" / "tiny-soup"),
+        *(str(results / "runs" / "2x16" / name) for name in rows)]
+    (soup_record,) = [json.loads(line) for line in (results / "2x16" / "tiny-soup" / "metrics.jsonl").read_text().splitlines()]
+    assert [item["run_dir"] for item in soup_record["soup"]] == soup["argv"][4:]
+    assert len(list((results / "2x16" / "tiny-soup" / "predictions").iterdir())) == 4
+
     summary = (results / "README.md").read_text()
     assert "## 2 epoch(s) x 16 examples per task" in summary
     best = {}
-    for name in rows:
+    for name in [*rows, *SOUPS]:
         records = [json.loads(line) for line in (results / "2x16" / name / "metrics.jsonl").read_text().splitlines()]
         best[name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]
         line = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
         cells = [cell.strip() for cell in line.split("|")[1:-1]]
-        assert cells[2] == "" and cells[4] == f"{best[name]['overall']:.3f}" and cells[6] == "2", line
+        assert cells[2] == "" and cells[4] == f"{best[name]['overall']:.3f}", line
+        assert cells[6] == ("soup of 2 rows" if name in SOUPS else "2"), line
         assert cells[5] == ("0.5" if name == "tiny-a" else "")
     winner = max(best, key=lambda name: best[name]["overall"])
     assert f"Best finished multi-task row: **{winner}** at 2x16" in summary
@@ -95,7 +110,7 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
 
     third = reproduce(results, rows, *argv)
     output = third.communicate(timeout=300)[0]
-    assert third.returncode == 0 and output.count("done already") == 2, output
+    assert third.returncode == 0 and output.count("done already") == 3, output
 
     # A fresh clone has the committed copies but no run directories: the summary stays the same.
     shutil.rmtree(results / "runs")

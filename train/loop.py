@@ -22,6 +22,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ from .evaluate import Predictor, overall_score, task_metric, write_predictions
 from .model import MultitaskBert
 from .step import TrainState, evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
-__all__ = ["RunError", "train", "evaluate_run", "load_run"]
+__all__ = ["RunError", "train", "evaluate_run", "load_run", "finish_run", "save_best"]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
 
@@ -525,9 +526,15 @@ def _best_params(run_dir: Path, params_target):
     return tree["params"], meta
 
 
-def finish_run(run: Run, run_dir: Path) -> dict:
+def save_best(run_dir: Path, params, dev: dict) -> None:
+    """Keeps `params` as the best checkpoint of a run made without training epochs (a soup, train/soup.py)."""
+    _, best = _checkpoint_managers(run_dir)
+    _save(best, 0, {"params": params}, {"epoch": 0, "dev": dev})
+
+
+def finish_run(run: Run, run_dir: Path, plot: Callable[[Path], Path] = plot_curves) -> dict:
     """With the best epoch's parameters: writes test predictions (and dev ones if the best epoch did not),
-    best_encoder/ and curves.png."""
+    best_encoder/ and the figure that `plot` draws into the run directory (curves.png)."""
     params, meta = _best_params(run_dir, run.init_params())
     out_dir = run_dir / "predictions"
     dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
@@ -536,7 +543,7 @@ def finish_run(run: Run, run_dir: Path) -> dict:
     if is_main_process():
         save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
                         run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
-        plot_curves(run_dir)
+        plot(run_dir)
     return meta["dev"]
 
 

@@ -1,0 +1,127 @@
+"""Model soups: `python -m train.soup --run-dir OUT RUN_DIR RUN_DIR [...]`.
+
+A uniform soup (Wortsman et al. 2022, "Model soups") averages, weight by weight, the best parameters of runs
+fine-tuned from the same pretrained encoder: one model of the same size, predicting as fast as each run. Runs that
+differ in seed or training settings land close enough in weight space that their mean is itself a good model,
+often better than each of them (results/README.md measures it). The runs must describe one model: the settings in
+SOUP_FIELDS (tasks, heads, poolings, encodings, the pretrained encoder, the data) must agree.
+
+The soup is a run directory like a trained one, so train.evaluate and train.predict take it:
+    config.json         the first run's settings
+    metrics.jsonl       one line: the soup's dev metrics, and each run's directory and best dev metrics
+    checkpoints/best    the averaged parameters; best_encoder/ the averaged encoder
+    predictions/        dev and test predictions of the soup
+    curves.png          each run's dev metrics per epoch, with the soup's as dashed lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data import input_pipeline
+
+from .config import TrainConfig
+from .loop import RunError, finish_run, load_run, save_best
+
+__all__ = ["SOUP_FIELDS", "make_soup", "average_params"]
+
+# The settings that define the parameters and what the model predicts from them; the rest only shape training.
+SOUP_FIELDS = ("tasks", "pooling", "pair_encoding", "para_cos_feature", "swap_pairs", "sts_head", "sts_target",
+               "shared_layer", "max_length", "init_checkpoint", "data_dir")
+
+
+def average_params(trees: list) -> dict:
+    """The mean of parameter trees of one structure, leaf by leaf, summed in float64 in the order given."""
+    def mean(*leaves):
+        return (np.sum([np.asarray(leaf, np.float64) for leaf in leaves], axis=0) / len(leaves)).astype(leaves[0].dtype)
+
+    return jax.tree_util.tree_map(mean, *[jax.device_get(tree) for tree in trees])
+
+
+def _check_one_model(run_dirs: list[Path], configs: list[TrainConfig]) -> None:
+    differing = [name for name in SOUP_FIELDS if len({repr(getattr(c, name)) for c in configs}) > 1]
+    if differing:
+        values = "; ".join(f"{name}: " + ", ".join(f"{d} has {getattr(c, name)!r}" for d, c in zip(run_dirs, configs))
+                           for name in differing)
+        raise RunError(f"the runs are not one model, their settings differ ({values})")
+
+
+def _best_dev(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return max(records, key=lambda r: r["dev"].get("overall", -np.inf))["dev"]
+
+
+def plot_soup(run_dir: Path, ingredients: list[Path], dev: dict) -> Path:
+    """Draws curves.png: each ingredient's dev metrics per epoch, the soup's as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dev)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for ingredient in ingredients:
+            records = [json.loads(line) for line in (ingredient / "metrics.jsonl").read_text().splitlines()]
+            ax.plot([r["epoch"] + 1 for r in records], [r["dev"][metric] for r in records], marker="o",
+                    label=ingredient.name)
+        ax.axhline(dev[metric], color="black", linestyle="--", label="soup")
+        ax.set(title=f"dev {metric}", xlabel="epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
+    fig.suptitle(f"{run_dir.name}: mean of {len(ingredients)} runs' best parameters")
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * ((len(ingredients) + 2) // 2), 1, 1))
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
+def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
+    """Averages the best parameters of finished runs of one model into a new run directory (see the module
+    docstring) and returns the soup's dev metrics."""
+    if len(run_dirs) < 2:
+        raise RunError("a soup needs two runs or more")
+    if (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir} holds a run already: choose another --run-dir")
+    loaded = [load_run(d) for d in run_dirs]  # a RunError names a directory with no config or no best checkpoint
+    _check_one_model(run_dirs, [run.config for run, _ in loaded])
+    run = loaded[0][0]
+    params = input_pipeline.place(average_params([p for _, p in loaded]), run.replicated)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run.config.to_json(run_dir / "config.json")
+    dev = run.evaluate(params, "dev", run_dir / "predictions")
+    record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(d)} for d in run_dirs], "dev": dev}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    save_best(run_dir, params, dev)
+    finish_run(run, run_dir, plot=lambda out: plot_soup(out, run_dirs, dev))
+    return dev
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="the soup's run directory (new)")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs of one model")
+    args = parser.parse_args(argv)
+    try:
+        dev = make_soup([Path(d) for d in args.runs], Path(args.run_dir))
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.run_dir} is unfinished; remove it and run the command again", file=sys.stderr)
+        return 130
+    print("soup dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
