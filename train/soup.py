@@ -1,10 +1,11 @@
 """Model soups: `python -m train.soup --run-dir OUT RUN_DIR RUN_DIR [...]`.
 
 A uniform soup (Wortsman et al. 2022, "Model soups") averages, weight by weight, the best parameters of runs
-fine-tuned from the same pretrained encoder: one model of the same size, predicting as fast as each run. Runs that
-differ in seed or training settings land close enough in weight space that their mean is itself a good model,
-often better than each of them (results/README.md measures it). The runs must describe one model: the settings in
-SOUP_FIELDS (tasks, heads, poolings, encodings, the pretrained encoder, the data) must agree.
+fine-tuned from the same pretrained encoder: one model of the same size, predicting as fast as each run. Where such
+runs stay in one basin of the loss, their mean can score above each of them (the paper's finding); for this
+project's best setup after 5 epochs it scored below (README.md, Results). The runs must describe one model: the
+settings in SOUP_FIELDS (tasks, heads, poolings, encodings, the pretrained encoder, the data) must agree; seeds and
+training settings may differ.
 
 The soup is a run directory like a trained one, so train.evaluate and train.predict take it:
     config.json         the first run's settings
@@ -29,7 +30,7 @@ from data import input_pipeline
 from .config import TrainConfig
 from .loop import RunError, finish_run, load_run, save_best
 
-__all__ = ["SOUP_FIELDS", "make_soup", "average_params"]
+__all__ = ["SOUP_FIELDS", "average_params", "make_soup", "plot_soup"]
 
 # The settings that define the parameters and what the model predicts from them; the rest only shape training.
 SOUP_FIELDS = ("tasks", "pooling", "pair_encoding", "para_cos_feature", "swap_pairs", "sts_head", "sts_target",
