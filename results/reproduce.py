@@ -287,9 +287,8 @@ def summarize() -> None:
             if "cfimdb" in dev:
                 cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
             overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
-            trained = f"{done}" if finished[tag, name] else f"{done} of {epochs}, stopped"
-            if name in SOUPS:
-                trained = f"soup of {len(SOUPS[name])} rows"
+            trained = (f"soup of {len(SOUPS[name])} rows" if name in SOUPS else
+                       f"{done}" if finished[tag, name] else f"{done} of {epochs}, stopped")
             table.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | {trained} | "
                          f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} |")
             target = RESULTS / tag / name

@@ -41,7 +41,7 @@ from .evaluate import Predictor, overall_score, task_metric, write_predictions
 from .model import MultitaskBert
 from .step import TrainState, evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
-__all__ = ["RunError", "train", "evaluate_run", "load_run", "finish_run", "save_best"]
+__all__ = ["RunError", "train", "evaluate_run", "load_run", "finish_run", "save_best", "read_metrics"]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
 
@@ -492,6 +492,11 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
     return state, result
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl, one record per line."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def plot_curves(run_dir: Path) -> Path:
     """Draws curves.png from metrics.jsonl: training loss per task and dev metrics per epoch."""
     import matplotlib
@@ -499,7 +504,7 @@ def plot_curves(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(10, 4))
     for task in records[0]["loss"]:

@@ -28,7 +28,7 @@ import numpy as np
 from data import input_pipeline
 
 from .config import TrainConfig
-from .loop import RunError, finish_run, load_run, save_best
+from .loop import RunError, finish_run, load_run, read_metrics, save_best
 
 __all__ = ["SOUP_FIELDS", "average_params", "make_soup", "plot_soup"]
 
@@ -46,20 +46,20 @@ def average_params(trees: list) -> dict:
 
 
 def _check_one_model(run_dirs: list[Path], configs: list[TrainConfig]) -> None:
-    differing = [name for name in SOUP_FIELDS if len({repr(getattr(c, name)) for c in configs}) > 1]
+    differing = [name for name in SOUP_FIELDS if len({getattr(c, name) for c in configs}) > 1]
     if differing:
         values = "; ".join(f"{name}: " + ", ".join(f"{d} has {getattr(c, name)!r}" for d, c in zip(run_dirs, configs))
                            for name in differing)
         raise RunError(f"the runs are not one model, their settings differ ({values})")
 
 
-def _best_dev(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _best_dev(records: list[dict]) -> dict:
     return max(records, key=lambda r: r["dev"].get("overall", -np.inf))["dev"]
 
 
-def plot_soup(run_dir: Path, ingredients: list[Path], dev: dict) -> Path:
-    """Draws curves.png: each ingredient's dev metrics per epoch, the soup's as horizontal dashed lines."""
+def plot_soup(run_dir: Path, ingredients: list[tuple[Path, list[dict]]], dev: dict) -> Path:
+    """Draws curves.png: each ingredient's dev metrics per epoch (from its metrics records), the soup's as
+    horizontal dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,8 +68,7 @@ def plot_soup(run_dir: Path, ingredients: list[Path], dev: dict) -> Path:
     metrics = list(dev)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for ingredient in ingredients:
-            records = [json.loads(line) for line in (ingredient / "metrics.jsonl").read_text().splitlines()]
+        for ingredient, records in ingredients:
             ax.plot([r["epoch"] + 1 for r in records], [r["dev"][metric] for r in records], marker="o",
                     label=ingredient.name)
         ax.axhline(dev[metric], color="black", linestyle="--", label="soup")
@@ -98,10 +97,11 @@ def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     run.config.to_json(run_dir / "config.json")
     dev = run.evaluate(params, "dev", run_dir / "predictions")
-    record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(d)} for d in run_dirs], "dev": dev}
+    ingredients = [(d, read_metrics(d)) for d in run_dirs]  # a run given twice counts twice
+    record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(r)} for d, r in ingredients], "dev": dev}
     (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     save_best(run_dir, params, dev)
-    finish_run(run, run_dir, plot=lambda out: plot_soup(out, run_dirs, dev))
+    finish_run(run, run_dir, plot=lambda out: plot_soup(out, ingredients, dev))
     return dev
 
 
