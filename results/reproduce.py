@@ -8,7 +8,8 @@
 
 Each row is `python -m train.main` with the flags in ROWS plus the budget flags; its run directory is
 results/runs/<epochs>x<samples>/<row>. A finished row is not run again; a stopped one (Ctrl-C) is resumed.
-A soup row (SOUPS) is `python -m train.soup` over its ingredient rows of the same budget, trained first.
+A soup row (SOUPS) is `python -m train.soup` over its ingredient rows of the same budget, trained first. A row
+in ENCODER_FROM starts from another row's fine-tuned encoder, trained first at the budget named there.
 With --jobs N, N rows train at once, each logging to its run directory's train.log: a small model leaves
 a GPU mostly idle, so rows side by side finish sooner than one after another. The summary writes
 results/README.md (a table per budget), results/rows.png, results/best/ (curves and test predictions
@@ -87,6 +88,11 @@ ROWS = {
     # (sst-finetune-cls-lr2e-5 against -mean-lr2e-5); the pairs keep mean pooling.
     "paracross-cosine-scaled-lr5e-5-ema995-sstcls": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--pooling",
                                                       "mean,sst=cls"], {}),
+    # Sentiment's gradient weighted 2x: the one task below the reference's best row.
+    "paracross-cosine-scaled-lr5e-5-ema995-sst2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--loss-weights",
+                                                    "sst=2"], {}),
+    # Started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
+    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995"], {}),
     # Sentiment's labels smoothed; or layer-wise learning rates, at a rate that gives the top encoder layer 8e-5
     # and the embeddings 2e-5.
     "paracross-cosine-scaled-lr5e-5-ema995-ls0.1": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--label-smoothing",
@@ -130,6 +136,9 @@ SOUPS = {
     # The best setting's three seeds.
     "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}" for suffix in SEEDS],
 }
+# Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
+# row is trained first, at that budget.
+ENCODER_FROM = {"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit": ("cfimdb-finetune", 3, 10000)}
 MULTITASK = [name for name in [*ROWS, *SOUPS] if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
@@ -159,6 +168,15 @@ def device_name() -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def encoder_flags(name: str) -> list[str]:
+    """`--init-checkpoint` of a row that starts from another row's best encoder (ENCODER_FROM), else nothing; the
+    path is relative to the repository, so the command holds in any checkout."""
+    if name not in ENCODER_FROM:
+        return []
+    source, epochs, samples = ENCODER_FROM[name]
+    return ["--init-checkpoint", str(Path("results", "runs", budget_tag(epochs, samples), source, "best_encoder"))]
+
+
 def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:
     """Trains one row into results/runs/<budget>/<name> (a soup row: averages its finished ingredient rows there);
     True when it finished.
@@ -177,7 +195,8 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     if name in SOUPS:
         argv = [sys.executable, "-m", "train.soup", "--run-dir", str(run_dir), *(str(runs / n) for n in SOUPS[name])]
     else:
-        argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], "--run-dir", str(run_dir), "--quiet"]
+        argv = [sys.executable, "-m", "train.main", *budget, *ROWS[name][0], *encoder_flags(name), "--run-dir",
+                str(run_dir), "--quiet"]
     resumed = name in ROWS and (run_dir / "config.json").exists()  # a row stopped before it finished continues
     if run_dir.exists() and not resumed:
         shutil.rmtree(run_dir)
@@ -350,8 +369,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     soups = [name for name in args.rows if name in SOUPS]
     trained = list(dict.fromkeys([*(name for name in args.rows if name in ROWS), *(n for s in soups for n in SOUPS[s])]))
-    if not args.summarize_only and not all(run_rows(names, args.epochs, args.samples_per_task, args.extra, args.jobs)
-                                           for names in (trained, soups)):
+    # Rows whose encoder another row starts from, at their own budgets, then the rows, then the soups.
+    sources = sorted({ENCODER_FROM[name] for name in trained if name in ENCODER_FROM})
+    stages = [*(([source], epochs, samples) for source, epochs, samples in sources),
+              (trained, args.epochs, args.samples_per_task), (soups, args.epochs, args.samples_per_task)]
+    if not args.summarize_only and not all(run_rows(names, epochs, samples, args.extra, args.jobs)
+                                           for names, epochs, samples in stages):
         print("stopped: the same command resumes the unfinished rows")
         return 130
     summarize()
