@@ -169,12 +169,11 @@ def device_name() -> str:
 
 
 def encoder_flags(name: str) -> list[str]:
-    """`--init-checkpoint` of a row that starts from another row's best encoder (ENCODER_FROM), else nothing; the
-    path is relative to the repository, so the command holds in any checkout."""
+    """`--init-checkpoint` of a row that starts from another row's best encoder (ENCODER_FROM), else nothing."""
     if name not in ENCODER_FROM:
         return []
     source, epochs, samples = ENCODER_FROM[name]
-    return ["--init-checkpoint", str(Path("results", "runs", budget_tag(epochs, samples), source, "best_encoder"))]
+    return ["--init-checkpoint", str(RESULTS / "runs" / budget_tag(epochs, samples) / source / "best_encoder")]
 
 
 def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:

@@ -35,15 +35,16 @@ spec.loader.exec_module(reproduce)
 reproduce.RESULTS = reproduce.Path(sys.argv[2])
 reproduce.ROWS = {name: (flags, reference) for name, (flags, reference) in json.loads(sys.argv[3]).items()}
 reproduce.SOUPS = json.loads(sys.argv[4])
+reproduce.ENCODER_FROM = {name: tuple(source) for name, source in json.loads(sys.argv[5]).items()}
 reproduce.MULTITASK = [*reproduce.ROWS, *reproduce.SOUPS]
-sys.exit(reproduce.main(sys.argv[5:]))
+sys.exit(reproduce.main(sys.argv[6:]))
 """
 
 
-def reproduce(results: Path, rows: dict, *argv: str, **popen) -> subprocess.Popen:
+def reproduce(results: Path, rows: dict, *argv: str, encoder_from: dict | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO / "results" / "reproduce.py"), str(results),
-                             json.dumps(rows), json.dumps(SOUPS), *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
+                             json.dumps(rows), json.dumps(SOUPS), json.dumps(encoder_from or {}), *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def run_json(results: Path, name: str) -> dict:
@@ -119,3 +120,23 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     output = fourth.communicate(timeout=300)[0]
     assert fourth.returncode == 0, output
     assert (results / "README.md").read_text() == summary
+
+
+def test_row_from_another_rows_encoder(tiny_encoder, small_data, tmp_path):
+    """A row in ENCODER_FROM trains its source row first, at the source's own budget, and starts from its
+    best_encoder/ (train.main refuses a missing --init-checkpoint, so a wrong path fails the row)."""
+    rows, results = tiny_rows(tiny_encoder, small_data), tmp_path / "results"
+    rows["tiny-c"] = (rows["tiny-b"][0], {})
+    process = reproduce(results, rows, "--rows", "tiny-c", "--epochs", "2", "--samples-per-task", "16",
+                        encoder_from={"tiny-c": ["tiny-a", 1, 16]})
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    source = results / "runs" / "1x16" / "tiny-a"
+    assert json.loads((source / "run.json").read_text())["finished"] is True
+    assert not (results / "runs" / "2x16" / "tiny-a").exists()  # the source row only at its own budget
+    assert output.index("tiny-a: done") < output.index("tiny-c: -m train.main")
+    argv = run_json(results, "tiny-c")["argv"]
+    # After the row's flags (which name the tiny encoder), so it wins.
+    assert argv[-5:-3] == ["--init-checkpoint", str(source / "best_encoder")], argv
+    config = json.loads((results / "runs" / "2x16" / "tiny-c" / "config.json").read_text())
+    assert config["init_checkpoint"] == str(source / "best_encoder")
