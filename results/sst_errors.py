@@ -1,0 +1,96 @@
+"""Where sentiment goes wrong: `python results/sst_errors.py ROW_DIR [ROW_DIR ...]`.
+
+Reads each row's predictions/sst-dev-output.csv (a row's folder in results/<budget>/, or a run directory) and the
+shipped SST dev labels, and prints per row: accuracy with its bootstrap 95% interval, the share of predictions
+within one class of the gold label, recall per class and how often each class is predicted. With two rows or more
+it adds their majority vote (ties to the lower class): an ensemble of the rows' predictions, as a bound on what
+averaging runs can give (it is several models, not one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data.tasks import DataError, read_rows  # noqa: E402
+
+CLASSES = 5
+BOOTSTRAP_SAMPLES = 10_000
+
+
+def read_predictions(path: Path) -> dict[str, int]:
+    """A CS224N prediction file (`id , label` per line after a header) as {id: label}."""
+    lines = path.read_text().splitlines()[1:]
+    try:
+        return {key.strip(): int(float(value)) for key, value in (line.split(",") for line in lines if line.strip())}
+    except ValueError as err:
+        raise DataError(f"{path}: not a prediction file ({err})") from None
+
+
+def row_predictions(row_dir: Path, ids: list[str]) -> np.ndarray:
+    """The row's dev predictions in the order of `ids`; refuses a file that misses any of them."""
+    path = row_dir / "predictions" / "sst-dev-output.csv"
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    predicted = read_predictions(path)
+    missing = [i for i in ids if i not in predicted]
+    if missing:
+        raise DataError(f"{path}: no prediction for {len(missing)} dev id(s), e.g. {missing[0]}")
+    return np.array([predicted[i] for i in ids])
+
+
+def error_profile(preds: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
+    """Accuracy, its bootstrap 95% interval (resampling sentences), the share within one class, recall per class
+    (None for a class with no sentence) and the share of predictions per class."""
+    correct = preds == labels
+    rng = np.random.default_rng(seed)
+    resampled = correct[rng.integers(0, len(correct), (BOOTSTRAP_SAMPLES, len(correct)))].mean(axis=1)
+    return {
+        "accuracy": correct.mean(),
+        "interval": tuple(np.percentile(resampled, [2.5, 97.5])),
+        "within_one": (np.abs(preds - labels) <= 1).mean(),
+        "recall": [correct[labels == c].mean() if (labels == c).any() else None for c in range(CLASSES)],
+        "predicted": np.bincount(preds, minlength=CLASSES) / len(preds),
+    }
+
+
+def majority_vote(preds: np.ndarray) -> np.ndarray:
+    """Per sentence the class most rows predict (rows x sentences in), ties to the lower class."""
+    votes = np.stack([(preds == c).sum(axis=0) for c in range(CLASSES)], axis=1)
+    return votes.argmax(axis=1)
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="+", type=Path, metavar="ROW_DIR")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cs224n")
+    args = parser.parse_args(argv)
+    try:
+        dev = read_rows(args.data_dir / "ids-sst-dev.csv", "sst", labeled=True)
+        preds = {row.name: row_predictions(row, dev.ids) for row in args.rows}
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    labels = dev.labels.astype(int)
+    if len(preds) > 1:
+        preds[f"majority vote of {len(preds)}"] = majority_vote(np.stack(list(preds.values())))
+    print(f"SST dev, {len(labels)} sentences; gold share per class: "
+          + " ".join(f"{share:.3f}" for share in np.bincount(labels, minlength=CLASSES) / len(labels)))
+    print("| row | accuracy | 95% interval | within one class | recall per class 0-4 | predicted share per class 0-4 |")
+    print("|---|---|---|---|---|---|")
+    for name, row_preds in preds.items():
+        p = error_profile(row_preds, labels)
+        print(f"| {name} | {p['accuracy']:.3f} | {p['interval'][0]:.3f}-{p['interval'][1]:.3f} | {p['within_one']:.3f} | "
+              f"{' '.join('-' if r is None else f'{r:.2f}' for r in p['recall'])} | {' '.join(f'{s:.2f}' for s in p['predicted'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
