@@ -70,6 +70,9 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--layer-lr-decay", "0"], "--layer-lr-decay 0.0: must be in (0, 1]"),
     (["--layer-lr-decay", "1.2"], "--layer-lr-decay 1.2: must be in (0, 1]"),
     (["--layer-lr-decay", "0.8", "--option", "pretrain"], "--layer-lr-decay: --option pretrain freezes the encoder"),
+    (["--rdrop", "-1"], "--rdrop -1.0: must be 0 (off) or a positive weight"),
+    (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
+    (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to sst and cfimdb, and --tasks para,sts has neither"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -97,7 +100,7 @@ COMBINATIONS = [
     dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
     dict(pair_encoding="para=cross", pooling="mean,sst=cls", sts_head="cosine", shared_layer=True, pcgrad=True,
-         swap_pairs=True),
+         swap_pairs=True, rdrop=0.5),
 ]
 
 
@@ -149,6 +152,55 @@ def test_smoothed_cross_entropy_matches_float64_soft_targets(smoothing):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
     if smoothing:  # far from the unsmoothed loss: the test tells them apart
         assert np.abs(want + log_probs[np.arange(64), labels]).max() > 0.1
+
+
+def test_rdrop_loss_matches_float64():
+    """The R-Drop objective against NumPy float64: the two passes' mean cross-entropy plus alpha times the mean,
+    over rows of weight 1, of (KL(p || q) + KL(q || p)) / 2."""
+    from scipy.special import log_softmax
+
+    from train.losses import rdrop_loss
+
+    rng = np.random.default_rng(5)
+    first, second = rng.normal(scale=2.0, size=(2, 16, 5))
+    labels, weights = rng.integers(0, 5, size=16), (np.arange(16) < 13).astype(np.float32)  # 3 padding rows
+    config = TrainConfig(rdrop=0.7)
+    log_p, log_q = log_softmax(first, -1), log_softmax(second, -1)
+    real = weights == 1
+    cross_entropy = -(log_p[real, labels[real]].mean() + log_q[real, labels[real]].mean()) / 2
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1) + (np.exp(log_q) * (log_q - log_p)).sum(-1)
+    batch = {"labels": labels, "weights": weights}
+    objective, loss = rdrop_loss(*(jax.numpy.asarray(x, np.float32) for x in (first, second)), batch, "sst", config)
+    np.testing.assert_allclose(float(loss), cross_entropy, rtol=1e-6)
+    np.testing.assert_allclose(float(objective), cross_entropy + 0.7 * kl[real].mean() / 2, rtol=1e-6)
+    assert 0.7 * kl[real].mean() / 2 > 0.1  # the KL term is far from zero here: the test tells it apart
+
+
+def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data):
+    """With every dropout rate 0 the two passes agree, so the KL term and its gradient vanish and the R-Drop
+    gradient is the plain one: the repeated rows are the same examples. With dropout (the same key) they differ,
+    so the R-Drop path was taken."""
+    from train.model import MultitaskBert
+    from train.step import make_grad_fns
+
+    plain = tiny_config(tiny_encoder, small_data, tasks=("sst",), dropout=0.0)
+    run = loop.Run(plain, tiny_encoder)
+    params, batch, key = run.init_params(), next(run.train_steps(0))[0]["sst"], jax.random.key(0, impl="rbg")
+    no_dropout = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    def grad(dropout: bool, rdrop: float):
+        config = dataclasses.replace(plain, dropout=0.3 if dropout else 0.0, rdrop=rdrop)
+        model = MultitaskBert(run.bert_config if dropout else no_dropout, config)
+        loss, grads = make_grad_fns(model, config)["sst"](params, batch, key)
+        return float(loss), jax.tree_util.tree_leaves(grads)
+
+    (loss, grads), (rdrop_loss, rdrop_grads) = grad(False, 0.0), grad(False, 1.0)
+    np.testing.assert_allclose(rdrop_loss, loss, rtol=1e-6)
+    scale = max(float(np.abs(g).max()) for g in grads)
+    for g, r in zip(grads, rdrop_grads):
+        np.testing.assert_allclose(r, g, rtol=1e-5, atol=np.finfo(np.float32).eps * scale)
+    (_, dropout_grads), (_, rdrop_dropout_grads) = grad(True, 0.0), grad(True, 1.0)
+    assert max(float(np.abs(d - r).max()) for d, r in zip(dropout_grads, rdrop_dropout_grads)) > 1e-3 * scale
 
 
 def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small_data):

@@ -7,10 +7,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-__all__ = ["TrainConfig", "PRESETS", "TASKS", "ConfigError", "parse_args"]
+__all__ = ["TrainConfig", "PRESETS", "TASKS", "CLASSIFICATION_TASKS", "ConfigError", "parse_args"]
 
 # Task name on the command line -> data family (data/tasks.py).
 TASKS = {"sst": "sst", "para": "quora", "sts": "sts", "cfimdb": "cfimdb"}
+# The tasks with class labels (cross-entropy, label smoothing, R-Drop); the others are sentence pairs.
+CLASSIFICATION_TASKS = ("sst", "cfimdb")
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,7 @@ class TrainConfig:
     loss_weights: str = ""  # per-task multipliers of the loss's gradient, e.g. "sts=10" (a task left out: 1)
     dropout: float = 0.3
     label_smoothing: float = 0.0  # share of the uniform distribution in the sst and cfimdb targets
+    rdrop: float = 0.0  # weight of R-Drop's KL term between two dropout passes of sst and cfimdb (0: one pass)
     lr: float = 1e-5
     layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
@@ -89,6 +92,10 @@ class TrainConfig:
         for name in ("dropout", "ema", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
+        if not 0 <= self.rdrop < float("inf"):
+            raise ConfigError(f"--rdrop {self.rdrop}: must be 0 (off) or a positive weight")
+        if self.rdrop and not set(CLASSIFICATION_TASKS) & set(self.tasks):
+            raise ConfigError(f"--rdrop: applies to sst and cfimdb, and --tasks {','.join(self.tasks)} has neither")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":
@@ -215,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--label-smoothing", type=float, help="train sst and cfimdb against their labels mixed with this "
                                                           "share of the uniform distribution (default 0)")
+    p.add_argument("--rdrop", type=float, metavar="ALPHA",
+                   help="R-Drop for sst and cfimdb: each batch runs twice under different dropout masks, and the "
+                        "loss is the passes' mean cross-entropy plus ALPHA times their symmetric KL divergence "
+                        "(default 0: one pass; a step costs those tasks twice the compute)")
     p.add_argument("--lr", type=float)
     p.add_argument("--layer-lr-decay", type=float, help="multiply the learning rate by this factor per layer down "
                                                          "from the heads: the top encoder layer trains at lr x D, the "

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .config import TrainConfig
+from .config import CLASSIFICATION_TASKS, TrainConfig
 
-__all__ = ["task_loss", "predictions", "smoothed_cross_entropy"]
+__all__ = ["task_loss", "rdrop_loss", "predictions", "smoothed_cross_entropy", "symmetric_kl"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -34,7 +34,7 @@ def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -
     with the cosine head, MSE between the cosine and the target.
     """
     labels, weights = batch["labels"], batch["weights"]
-    if task in ("sst", "cfimdb"):
+    if task in CLASSIFICATION_TASKS:
         per_example = smoothed_cross_entropy(outputs, labels, config.label_smoothing)
     elif task == "para":
         per_example = optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
@@ -47,9 +47,24 @@ def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -
     return _weighted_mean(per_example, weights)
 
 
+def symmetric_kl(first: jax.Array, second: jax.Array) -> jax.Array:
+    """Per example, the mean of KL(p || q) and KL(q || p) between the softmax distributions of two logit rows:
+    (1/2) sum_k (p_k - q_k)(log p_k - log q_k)."""
+    log_p, log_q = jax.nn.log_softmax(first, -1), jax.nn.log_softmax(second, -1)
+    return 0.5 * ((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q)).sum(-1)
+
+
+def rdrop_loss(first: jax.Array, second: jax.Array, batch: dict, task: str, config: TrainConfig):
+    """R-Drop (Liang et al. 2021) for a classification task, from its logits under two dropout masks: (the
+    objective, the cross-entropy it logs). The objective is the two passes' mean `task_loss` plus --rdrop times
+    the mean `symmetric_kl` of the real rows."""
+    loss = 0.5 * (task_loss(first, batch, task, config) + task_loss(second, batch, task, config))
+    return loss + config.rdrop * _weighted_mean(symmetric_kl(first, second), batch["weights"]), loss
+
+
 def predictions(outputs: jax.Array, task: str, config: TrainConfig) -> jax.Array:
     """Predictions as the CS224N files report them: class ids, 0/1 duplicates, similarity on 0-5."""
-    if task in ("sst", "cfimdb"):
+    if task in CLASSIFICATION_TASKS:
         return outputs.argmax(-1)
     if task == "para":
         return (outputs > 0).astype(jnp.int32)

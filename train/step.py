@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .config import TrainConfig
-from .losses import task_loss
+from .config import CLASSIFICATION_TASKS, TrainConfig
+from .losses import rdrop_loss, task_loss
 from .model import MultitaskBert
 from .optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
 from .pcgrad import pcgrad
@@ -65,13 +65,21 @@ def evaluated_params(state: TrainState, config: TrainConfig) -> Any:
 
 def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
     """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree of the loss times the task's
-    --loss-weights multiplier)."""
+    --loss-weights multiplier). With --rdrop a classification task's batch runs twice in one call (its rows
+    repeated, so each copy draws its own dropout mask) and the gradient is of the R-Drop objective; the loss
+    returned stays the cross-entropy."""
 
     def task_grad(params, batch, rng, task):
+        rdrop = config.rdrop > 0 and task in CLASSIFICATION_TASKS
+
         def loss_fn(p):
-            outputs = model.apply({"params": p}, batch, task, deterministic=False, rngs={"dropout": rng})
-            loss = task_loss(outputs, batch, task, config)
-            return config.loss_weight(task) * loss, loss
+            inputs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), batch) if rdrop else batch
+            outputs = model.apply({"params": p}, inputs, task, deterministic=False, rngs={"dropout": rng})
+            if rdrop:
+                objective, loss = rdrop_loss(*jnp.split(outputs, 2), batch, task, config)
+            else:
+                objective = loss = task_loss(outputs, batch, task, config)
+            return config.loss_weight(task) * objective, loss
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, grads
