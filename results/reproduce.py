@@ -92,7 +92,12 @@ ROWS = {
     "paracross-cosine-scaled-lr5e-5-ema995-sst2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--loss-weights",
                                                     "sst=2"], {}),
     # Started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
+    # With a second seed, and with R-Drop on sentiment.
     "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995"], {}),
+    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-seed2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--seed",
+                                                                "2"], {}),
+    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995",
+                                                                   "--rdrop", "0.5"], {}),
     # Sentiment's labels smoothed; or layer-wise learning rates, at a rate that gives the top encoder layer 8e-5
     # and the embeddings 2e-5.
     "paracross-cosine-scaled-lr5e-5-ema995-ls0.1": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--label-smoothing",
@@ -138,7 +143,7 @@ SOUPS = {
 }
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
-ENCODER_FROM = {"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit": ("cfimdb-finetune", 3, 10000)}
+ENCODER_FROM = {name: ("cfimdb-finetune", 3, 10000) for name in ROWS if "-cfimdbinit" in name}
 MULTITASK = [name for name in [*ROWS, *SOUPS] if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
