@@ -92,10 +92,9 @@ ROWS = {
     "paracross-cosine-scaled-lr5e-5-ema995-sst2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--loss-weights",
                                                     "sst=2"], {}),
     # Started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
-    # With a second seed, and with R-Drop on sentiment.
-    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995"], {}),
-    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-seed2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--seed",
-                                                                "2"], {}),
+    # With seeds 2 and 3 as well, and with R-Drop on sentiment.
+    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit{suffix}": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", *seed],
+                                                                     {}) for suffix, seed in SEEDS.items()},
     "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995",
                                                                    "--rdrop", "0.5"], {}),
     # Sentiment's labels smoothed; or layer-wise learning rates, at a rate that gives the top encoder layer 8e-5
