@@ -95,7 +95,8 @@ class TrainConfig:
         if not 0 <= self.rdrop < float("inf"):
             raise ConfigError(f"--rdrop {self.rdrop}: must be 0 (off) or a positive weight")
         if self.rdrop and not set(CLASSIFICATION_TASKS) & set(self.tasks):
-            raise ConfigError(f"--rdrop: applies to sst and cfimdb, and --tasks {','.join(self.tasks)} has neither")
+            raise ConfigError(f"--rdrop: applies to {' and '.join(CLASSIFICATION_TASKS)}, and --tasks "
+                              f"{','.join(self.tasks)} has neither")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":
