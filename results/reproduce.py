@@ -92,11 +92,15 @@ ROWS = {
     "paracross-cosine-scaled-lr5e-5-ema995-sst2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--loss-weights",
                                                     "sst=2"], {}),
     # Started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
-    # With seeds 2 and 3 as well, and with R-Drop on sentiment.
+    # With seeds 2 and 3 as well, and with R-Drop on sentiment (also with three seeds).
     **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit{suffix}": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", *seed],
                                                                      {}) for suffix, seed in SEEDS.items()},
-    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995",
-                                                                   "--rdrop", "0.5"], {}),
+    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5{suffix}": ([*PARACROSS, "--lr", "5e-5", "--ema",
+                                                                              "0.995", "--rdrop", "0.5", *seed], {})
+       for suffix, seed in SEEDS.items()},
+    # R-Drop from the default weights: which of the two the rows above owe their sentiment to.
+    "paracross-cosine-scaled-lr5e-5-ema995-rdrop0.5": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--rdrop", "0.5"],
+                                                       {}),
     # Sentiment's labels smoothed; or layer-wise learning rates, at a rate that gives the top encoder layer 8e-5
     # and the embeddings 2e-5.
     "paracross-cosine-scaled-lr5e-5-ema995-ls0.1": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--label-smoothing",
