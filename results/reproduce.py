@@ -51,6 +51,15 @@ SST_CLS = {"lr2e-5": ["--lr", "2e-5"], "lr2e-5-ls0.1": ["--lr", "2e-5", "--label
            "lr5e-5-llrd0.8": ["--lr", "5e-5", "--layer-lr-decay", "0.8"]}
 # Row-name suffix -> seed flags, for the settings that run with three seeds.
 SEEDS = {"": [], "-seed2": ["--seed", "2"], "-seed3": ["--seed", "3"]}
+# Rows started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
+# The best setup with three seeds, and with R-Drop on sentiment (also with three seeds); row name -> flags.
+CFIMDB_STARTED = {
+    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit{suffix}": [*PARACROSS, "--lr", "5e-5", "--ema", "0.995", *seed]
+       for suffix, seed in SEEDS.items()},
+    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5{suffix}": [*PARACROSS, "--lr", "5e-5", "--ema",
+                                                                              "0.995", "--rdrop", "0.5", *seed]
+       for suffix, seed in SEEDS.items()},
+}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -91,14 +100,8 @@ ROWS = {
     # Sentiment's gradient weighted 2x: the one task below the reference's best row.
     "paracross-cosine-scaled-lr5e-5-ema995-sst2": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--loss-weights",
                                                     "sst=2"], {}),
-    # Started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
-    # With seeds 2 and 3 as well, and with R-Drop on sentiment (also with three seeds).
-    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit{suffix}": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", *seed],
-                                                                     {}) for suffix, seed in SEEDS.items()},
-    **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5{suffix}": ([*PARACROSS, "--lr", "5e-5", "--ema",
-                                                                              "0.995", "--rdrop", "0.5", *seed], {})
-       for suffix, seed in SEEDS.items()},
-    # R-Drop from the default weights: which of the two the rows above owe their sentiment to.
+    **{name: (flags, {}) for name, flags in CFIMDB_STARTED.items()},
+    # R-Drop from the default weights: which of the two the CFIMDB-started R-Drop rows owe their sentiment to.
     "paracross-cosine-scaled-lr5e-5-ema995-rdrop0.5": ([*PARACROSS, "--lr", "5e-5", "--ema", "0.995", "--rdrop", "0.5"],
                                                        {}),
     # Sentiment's labels smoothed; or layer-wise learning rates, at a rate that gives the top encoder layer 8e-5
@@ -146,7 +149,7 @@ SOUPS = {
 }
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
-ENCODER_FROM = {name: ("cfimdb-finetune", 3, 10000) for name in ROWS if "-cfimdbinit" in name}
+ENCODER_FROM = {name: ("cfimdb-finetune", 3, 10000) for name in CFIMDB_STARTED}
 MULTITASK = [name for name in [*ROWS, *SOUPS] if not name.startswith(("sst-", "para-", "sts-", "cfimdb-"))]
 # baseline-6041 draws 6,041 instead of 10,000 examples per task: keep that proportion under any budget.
 SAMPLES_FRACTION = {"baseline-6041": 0.6041}
