@@ -88,3 +88,25 @@ def test_bad_soups_are_refused_with_the_reason(case, ingredients, soup_dir, tmp_
     message = {"one run": "a soup needs two runs or more", "not a run": f"{tmp_path}: not a run directory",
                "existing soup": f"{soup_dir} holds a run already"}[case]
     assert message in capsys.readouterr().err
+
+
+def test_a_soup_stopped_part_way_is_made_again_by_the_same_command(ingredients, soup_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    out, argv = tmp_path / "soup", ["--run-dir", str(tmp_path / "soup"), *map(str, ingredients)]
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(soup, "plot_soup", interrupt)  # the last step: the parameters and predictions are written
+        assert soup.main(argv) == 130
+    assert "the same command makes it again" in capsys.readouterr().err
+    assert (out / soup.UNFINISHED).exists() and (out / "checkpoints").is_dir()
+    assert soup.main(argv) == 0
+    assert not (out / soup.UNFINISHED).exists()
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (expected,) = [json.loads(line) for line in (soup_dir / "metrics.jsonl").read_text().splitlines()]
+    assert record == expected
+    # Once finished, the directory is a run like any other: refused as a new soup's directory.
+    assert soup.main(argv) == 1
+    assert f"{out} holds a run already" in capsys.readouterr().err

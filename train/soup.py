@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,11 +31,13 @@ from data import input_pipeline
 from .config import TrainConfig
 from .loop import RunError, finish_run, load_run, read_metrics, save_best
 
-__all__ = ["SOUP_FIELDS", "average_params", "make_soup", "plot_soup"]
+__all__ = ["SOUP_FIELDS", "UNFINISHED", "average_params", "make_soup", "plot_soup"]
 
 # The settings that define the parameters and what the model predicts from them; the rest only shape training.
 SOUP_FIELDS = ("tasks", "pooling", "pair_encoding", "para_cos_feature", "swap_pairs", "sts_head", "sts_target",
                "shared_layer", "max_length", "init_checkpoint", "data_dir")
+# Lies in a soup's directory until the soup is written whole: a soup stopped part-way is made again from the start.
+UNFINISHED = "soup-unfinished"
 
 
 def average_params(trees: list) -> dict:
@@ -88,13 +91,16 @@ def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
     docstring) and returns the soup's dev metrics."""
     if len(run_dirs) < 2:
         raise RunError("a soup needs two runs or more")
-    if (run_dir / "config.json").exists():
+    if (run_dir / "config.json").exists() and not (run_dir / UNFINISHED).exists():
         raise RunError(f"{run_dir} holds a run already: choose another --run-dir")
     loaded = [load_run(d) for d in run_dirs]  # a RunError names a directory with no config or no best checkpoint
     _check_one_model(run_dirs, [run.config for run, _ in loaded])
     run = loaded[0][0]
     params = input_pipeline.place(average_params([p for _, p in loaded]), run.replicated)
+    if (run_dir / UNFINISHED).exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / UNFINISHED).touch()
     run.config.to_json(run_dir / "config.json")
     dev = run.evaluate(params, "dev", run_dir / "predictions")
     ingredients = [(d, read_metrics(d)) for d in run_dirs]  # a run given twice counts twice
@@ -102,6 +108,7 @@ def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
     (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     save_best(run_dir, params, dev)
     finish_run(run, run_dir, plot=lambda out: plot_soup(out, ingredients, dev))
+    (run_dir / UNFINISHED).unlink()
     return dev
 
 
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: {args.run_dir} is unfinished; remove it and run the command again", file=sys.stderr)
+        print(f"interrupted: {args.run_dir} is unfinished; the same command makes it again", file=sys.stderr)
         return 130
     print("soup dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()))
     return 0
