@@ -179,7 +179,7 @@ def test_rdrop_loss_matches_float64():
 def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data):
     """With every dropout rate 0 the two passes agree, so the KL term and its gradient vanish and the R-Drop
     gradient is the plain one: the repeated rows are the same examples. With dropout (the same key) they differ,
-    so the R-Drop path was taken."""
+    so the R-Drop path was taken; and its gradient moves with alpha, so the KL term reaches it."""
     from train.model import MultitaskBert
     from train.step import make_grad_fns
 
@@ -201,6 +201,8 @@ def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data
         np.testing.assert_allclose(r, g, rtol=1e-5, atol=np.finfo(np.float32).eps * scale)
     (_, dropout_grads), (_, rdrop_dropout_grads) = grad(True, 0.0), grad(True, 1.0)
     assert max(float(np.abs(d - r).max()) for d, r in zip(dropout_grads, rdrop_dropout_grads)) > 1e-3 * scale
+    _, cross_entropy_only_grads = grad(True, 1e-9)  # the same repeated rows and dropout masks, the KL term ~ 0
+    assert max(float(np.abs(c - r).max()) for c, r in zip(cross_entropy_only_grads, rdrop_dropout_grads)) > 1e-3 * scale
 
 
 def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small_data):
