@@ -73,6 +73,8 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--rdrop", "-1"], "--rdrop -1.0: must be 0 (off) or a positive weight"),
     (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
     (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to sst and cfimdb, and --tasks para,sts has neither"),
+    (["--ordinal-loss", "-0.5"], "--ordinal-loss -0.5: must be 0 (off) or a positive weight"),
+    (["--ordinal-loss", "1", "--tasks", "sts"], "--ordinal-loss: applies to sst and cfimdb, and --tasks sts has neither"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -100,7 +102,7 @@ COMBINATIONS = [
     dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
     dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
     dict(pair_encoding="para=cross", pooling="mean,sst=cls", sts_head="cosine", shared_layer=True, pcgrad=True,
-         swap_pairs=True, rdrop=0.5),
+         swap_pairs=True, rdrop=0.5, ordinal_loss=0.5),
 ]
 
 
@@ -152,6 +154,28 @@ def test_smoothed_cross_entropy_matches_float64_soft_targets(smoothing):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
     if smoothing:  # far from the unsmoothed loss: the test tells them apart
         assert np.abs(want + log_probs[np.arange(64), labels]).max() > 0.1
+
+
+def test_ordinal_loss_matches_float64():
+    """sst's task loss with --ordinal-loss against NumPy float64: the mean, over rows of weight 1, of the
+    cross-entropy plus alpha times sum_k (cumulative softmax_k - [label <= k])^2."""
+    from scipy.special import log_softmax, softmax
+
+    from train.losses import squared_emd, task_loss
+
+    rng = np.random.default_rng(7)
+    logits, labels = rng.normal(scale=3.0, size=(16, 5)), rng.integers(0, 5, size=16)
+    weights = (np.arange(16) < 12).astype(np.float32)  # 4 padding rows
+    emd = ((np.cumsum(softmax(logits, -1), -1) - (np.arange(5) >= labels[:, None])) ** 2).sum(-1)
+    cross_entropy = -log_softmax(logits, -1)[np.arange(16), labels]
+    real = weights == 1
+    got = task_loss(jax.numpy.asarray(logits, np.float32), {"labels": labels, "weights": weights}, "sst",
+                    TrainConfig(ordinal_loss=0.6))
+    np.testing.assert_allclose(float(got), (cross_entropy + 0.6 * emd)[real].mean(), rtol=1e-6)
+    assert 0.6 * emd[real].mean() > 0.1  # far from the plain cross-entropy: the test tells them apart
+    # All mass one class off the label costs 1, two classes off 2: cross-entropy charges both the same.
+    confident = jax.numpy.asarray(np.log(np.eye(5)[[1, 2]] + 1e-12), np.float32)
+    np.testing.assert_allclose(np.asarray(squared_emd(confident, np.array([0, 0]))), [1.0, 2.0], rtol=1e-5)
 
 
 def test_rdrop_loss_matches_float64():

@@ -40,6 +40,7 @@ class TrainConfig:
     dropout: float = 0.3
     label_smoothing: float = 0.0  # share of the uniform distribution in the sst and cfimdb targets
     rdrop: float = 0.0  # weight of R-Drop's KL term between two dropout passes of sst and cfimdb (0: one pass)
+    ordinal_loss: float = 0.0  # weight of the squared earth mover's distance in the sst and cfimdb losses
     lr: float = 1e-5
     layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
@@ -92,11 +93,13 @@ class TrainConfig:
         for name in ("dropout", "ema", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
-        if not 0 <= self.rdrop < float("inf"):
-            raise ConfigError(f"--rdrop {self.rdrop}: must be 0 (off) or a positive weight")
-        if self.rdrop and not set(CLASSIFICATION_TASKS) & set(self.tasks):
-            raise ConfigError(f"--rdrop: applies to {' and '.join(CLASSIFICATION_TASKS)}, and --tasks "
-                              f"{','.join(self.tasks)} has neither")
+        for name in ("rdrop", "ordinal_loss"):
+            flag, weight = f"--{name.replace('_', '-')}", getattr(self, name)
+            if not 0 <= weight < float("inf"):
+                raise ConfigError(f"{flag} {weight}: must be 0 (off) or a positive weight")
+            if weight and not set(CLASSIFICATION_TASKS) & set(self.tasks):
+                raise ConfigError(f"{flag}: applies to {' and '.join(CLASSIFICATION_TASKS)}, and --tasks "
+                                  f"{','.join(self.tasks)} has neither")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":
@@ -227,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="R-Drop for sst and cfimdb: each batch runs twice under different dropout masks, and the "
                         "loss is the passes' mean cross-entropy plus ALPHA times their symmetric KL divergence "
                         "(default 0: one pass; a step costs those tasks twice the compute)")
+    p.add_argument("--ordinal-loss", type=float, metavar="ALPHA",
+                   help="add to the cross-entropy of sst and cfimdb ALPHA times the squared earth mover's distance "
+                        "between the predicted distribution and the label (Hou et al. 2016): their classes are "
+                        "ordered, and this term charges a prediction by how far it misses (default 0)")
     p.add_argument("--lr", type=float)
     p.add_argument("--layer-lr-decay", type=float, help="multiply the learning rate by this factor per layer down "
                                                          "from the heads: the top encoder layer trains at lr x D, the "

@@ -8,7 +8,7 @@ import optax
 
 from .config import CLASSIFICATION_TASKS, TrainConfig
 
-__all__ = ["task_loss", "rdrop_loss", "predictions", "smoothed_cross_entropy", "symmetric_kl"]
+__all__ = ["task_loss", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd", "symmetric_kl"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -26,16 +26,28 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     return loss
 
 
+def squared_emd(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per example, the squared earth mover's distance between the softmax over K ordered classes and the one-hot
+    label: sum_k (P(class <= k) - [label <= k])^2. A prediction pays by how many classes its mass lies from the
+    label, which cross-entropy ignores."""
+    cumulative = jnp.cumsum(jax.nn.softmax(logits, -1), -1)
+    target = (jnp.arange(logits.shape[-1]) >= labels[..., None]).astype(cumulative.dtype)
+    return jnp.square(cumulative - target).sum(-1)
+
+
 def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
     """Mean loss over the real (weight 1) rows of a task batch.
 
-    sst/cfimdb: cross-entropy (against smoothed labels with --label-smoothing); para: binary
+    sst/cfimdb: cross-entropy (against smoothed labels with --label-smoothing), plus --ordinal-loss times
+    `squared_emd`; para: binary
     cross-entropy on the logit; sts: with the linear head, BCE on (label > 2) or MSE on label / 5;
     with the cosine head, MSE between the cosine and the target.
     """
     labels, weights = batch["labels"], batch["weights"]
     if task in CLASSIFICATION_TASKS:
         per_example = smoothed_cross_entropy(outputs, labels, config.label_smoothing)
+        if config.ordinal_loss:
+            per_example = per_example + config.ordinal_loss * squared_emd(outputs, labels)
     elif task == "para":
         per_example = optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
     else:
@@ -56,7 +68,7 @@ def symmetric_kl(first: jax.Array, second: jax.Array) -> jax.Array:
 
 def rdrop_loss(first: jax.Array, second: jax.Array, batch: dict, task: str, config: TrainConfig):
     """R-Drop (Liang et al. 2021) for a classification task, from its logits under two dropout masks: (the
-    objective, the cross-entropy it logs). The objective is the two passes' mean `task_loss` plus --rdrop times
+    objective, the task loss it logs). The objective is the two passes' mean `task_loss` plus --rdrop times
     the mean `symmetric_kl` of the real rows."""
     loss = 0.5 * (task_loss(first, batch, task, config) + task_loss(second, batch, task, config))
     return loss + config.rdrop * _weighted_mean(symmetric_kl(first, second), batch["weights"]), loss

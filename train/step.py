@@ -67,7 +67,7 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callab
     """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree of the loss times the task's
     --loss-weights multiplier). With --rdrop a classification task's batch runs twice in one call (its rows
     repeated, so each copy draws its own dropout mask) and the gradient is of the R-Drop objective; the loss
-    returned stays the cross-entropy."""
+    returned stays the task loss (`task_loss`)."""
 
     def task_grad(params, batch, rng, task):
         rdrop = config.rdrop > 0 and task in CLASSIFICATION_TASKS
