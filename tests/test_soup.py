@@ -90,7 +90,9 @@ def test_bad_soups_are_refused_with_the_reason(case, ingredients, soup_dir, tmp_
     assert message in capsys.readouterr().err
 
 
-def test_a_soup_stopped_part_way_is_made_again_by_the_same_command(ingredients, soup_dir, tmp_path, monkeypatch,
+# Stopped before its checkpoint is saved (its config and predictions written), or at the last step (the plot).
+@pytest.mark.parametrize("step", ["save_best", "plot_soup"])
+def test_a_soup_stopped_part_way_is_made_again_by_the_same_command(step, ingredients, soup_dir, tmp_path, monkeypatch,
                                                                      capsys):
     out, argv = tmp_path / "soup", ["--run-dir", str(tmp_path / "soup"), *map(str, ingredients)]
 
@@ -98,10 +100,11 @@ def test_a_soup_stopped_part_way_is_made_again_by_the_same_command(ingredients, 
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(soup, "plot_soup", interrupt)  # the last step: the parameters and predictions are written
+        patched.setattr(soup, step, interrupt)
         assert soup.main(argv) == 130
     assert "the same command makes it again" in capsys.readouterr().err
-    assert (out / soup.UNFINISHED).exists() and (out / "checkpoints").is_dir()
+    assert (out / soup.UNFINISHED).exists() and (out / "predictions").is_dir()
+    assert (out / "checkpoints").is_dir() == (step == "plot_soup")
     assert soup.main(argv) == 0
     assert not (out / soup.UNFINISHED).exists()
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
