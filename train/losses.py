@@ -39,9 +39,8 @@ def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -
     """Mean loss over the real (weight 1) rows of a task batch.
 
     sst/cfimdb: cross-entropy (against smoothed labels with --label-smoothing), plus --ordinal-loss times
-    `squared_emd`; para: binary
-    cross-entropy on the logit; sts: with the linear head, BCE on (label > 2) or MSE on label / 5;
-    with the cosine head, MSE between the cosine and the target.
+    `squared_emd`; para: binary cross-entropy on the logit; sts: with the linear head, BCE on (label > 2) or MSE
+    on label / 5; with the cosine head, MSE between the cosine and the target.
     """
     labels, weights = batch["labels"], batch["weights"]
     if task in CLASSIFICATION_TASKS:
