@@ -58,11 +58,12 @@ SEEDS = {"": [], "-seed2": ["--seed", "2"], "-seed3": ["--seed", "3"]}
 CFIMDB_STARTED = {
     **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit{suffix}": [*BEST_SETUP, *seed]
        for suffix, seed in SEEDS.items()},
-    # With R-Drop on sentiment, at two weights.
+    # With R-Drop on sentiment, at three weights: over three seeds sentiment rose from 0.490 (no R-Drop) to 0.496
+    # (0.5) and 0.502 (1), so weight 2 followed.
     **{f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop{alpha}{suffix}": [*BEST_SETUP, "--rdrop", alpha, *seed]
-       for alpha in ("0.5", "1") for suffix, seed in SEEDS.items()},
-    # A stronger weight still: over three seeds sentiment rose from 0.490 (no R-Drop) to 0.496 (0.5) and 0.502 (1).
-    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop2": [*BEST_SETUP, "--rdrop", "2"],
+       for alpha in ("0.5", "1", "2") for suffix, seed in SEEDS.items()},
+    # Stronger still: on the default seed sentiment went 0.500, 0.507, 0.511, 0.514 for weights 0, 0.5, 1, 2.
+    "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop4": [*BEST_SETUP, "--rdrop", "4"],
     # R-Drop 0.5 with an ordinal term on sentiment: most of its dev errors are one class off.
     "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5-ordinal1": [*BEST_SETUP, "--rdrop", "0.5",
                                                                            "--ordinal-loss", "1"],

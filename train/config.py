@@ -74,20 +74,22 @@ class TrainConfig:
             "dtype": ("float32", "bfloat16"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose from {', '.join(allowed)}")
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} {value!r}: choose from {', '.join(allowed)}")
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ConfigError(f"--tasks {','.join(self.tasks)}: choose a subset of {', '.join(TASKS)}")
         encodings = self._pair_encodings()
-        if encodings["sts"] == "cross" and self.sts_head == "cosine" or encodings["para"] == "cross" and self.para_cos_feature:
+        if (encodings["sts"] == "cross" and self.sts_head == "cosine"
+                or encodings["para"] == "cross" and self.para_cos_feature):
             raise ConfigError(f"--pair-encoding {self.pair_encoding}: a cross-encoded pair has no sentence embeddings; "
                               "it excludes --sts-head cosine (sts) and --para-cos-feature (para)")
         if self.swap_pairs and "cross" not in map(self.sequence_mode, self.tasks):
             raise ConfigError("--swap-pairs: no task of the run encodes its pairs as one sequence; add --pair-encoding "
                               "cross or para=cross or sts=cross")
-        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches", "eval_batch_size",
-                     "encoder_chunks"):
+        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches",
+                     "eval_batch_size", "encoder_chunks"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         for name in ("dropout", "ema", "label_smoothing"):
