@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rdrop", type=float, metavar="ALPHA",
                    help="R-Drop for sst and cfimdb: each batch runs twice under different dropout masks, and the "
                         "loss is the passes' mean loss (cross-entropy, plus the --ordinal-loss term) plus ALPHA "
-                        "times their symmetric KL divergence "
-                        "(default 0: one pass; a step costs those tasks twice the compute)")
+                        "times their symmetric KL divergence (default 0: one pass; a step costs those tasks twice "
+                        "the compute)")
     p.add_argument("--ordinal-loss", type=float, metavar="ALPHA",
                    help="add to the cross-entropy of sst and cfimdb ALPHA times the squared earth mover's distance "
                         "between the predicted distribution and the label (Hou et al. 2016): their classes are "
