@@ -70,6 +70,8 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--layer-lr-decay", "0"], "--layer-lr-decay 0.0: must be in (0, 1]"),
     (["--layer-lr-decay", "1.2"], "--layer-lr-decay 1.2: must be in (0, 1]"),
     (["--layer-lr-decay", "0.8", "--option", "pretrain"], "--layer-lr-decay: --option pretrain freezes the encoder"),
+    (["--reinit-layers", "-1"], "--reinit-layers -1: must be 0 (none) or more"),
+    (["--reinit-layers", "1", "--option", "pretrain"], "--reinit-layers: --option pretrain freezes the encoder"),
     (["--rdrop", "-1"], "--rdrop -1.0: must be 0 (off) or a positive weight"),
     (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
     (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to sst and cfimdb, and --tasks para,sts has neither"),
@@ -529,6 +531,31 @@ def test_layer_lr_decay_scales_each_layer_update_of_the_model(tiny_encoder, smal
         factor = factors[part] if names[0] == "bert" else 1.0
         np.testing.assert_allclose(update, factor * plain_update, rtol=1e-6, err_msg="/".join(names))
     assert layers >= 2 and np.abs(plain_update).max() > 0
+
+
+def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encoder, small_data):
+    """--reinit-layers 1 replaces the top layer of the tiny 2-layer encoder by BERT's initialisation, seeded; the
+    lower layer, the embeddings, the pooler and the heads are those of a run without it."""
+    plain = tiny_config(tiny_encoder, small_data)
+    config = dataclasses.replace(plain, reinit_layers=1)
+    configs = (config, config, plain, dataclasses.replace(config, seed=plain.seed + 1))
+    fresh, again, kept, other_seed = (jax.device_get(loop.Run(c, tiny_encoder).init_params()) for c in configs)
+
+    def check(path, value, value_again, kept_value, other_seed_value):
+        names = [k.key for k in path]
+        name = "/".join(names)
+        np.testing.assert_array_equal(value, value_again, name)
+        if names[:3] != ["bert", "encoder", "layer_1"]:
+            np.testing.assert_array_equal(value, kept_value, name)
+        elif names[-1] == "kernel":
+            assert not np.allclose(value, kept_value) and not np.allclose(value, other_seed_value), name
+            assert abs(value.std() - 0.02) < 0.003 and abs(value.mean()) < 0.003, name
+        else:
+            np.testing.assert_array_equal(value, np.ones_like(value) if names[-1] == "scale" else 0 * value, name)
+
+    jax.tree_util.tree_map_with_path(check, fresh, again, kept, other_seed)
+    with pytest.raises(loop.RunError, match="--reinit-layers 3: the encoder in .* has 2 layers"):
+        loop.Run(dataclasses.replace(plain, reinit_layers=3), tiny_encoder)
 
 
 def test_linear_schedule_decays_to_zero_at_the_last_step():

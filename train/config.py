@@ -43,6 +43,7 @@ class TrainConfig:
     ordinal_loss: float = 0.0  # weight of the squared earth mover's distance in the sst and cfimdb losses
     lr: float = 1e-5
     layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
+    reinit_layers: int = 0  # top encoder layers that start from BERT's random initialisation instead of the checkpoint
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
     weight_decay: float = 0.0
     decay_mask: str = "all"  # all | no-layernorm-bias
@@ -106,6 +107,11 @@ class TrainConfig:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":
             raise ConfigError("--layer-lr-decay: --option pretrain freezes the encoder, whose layers it would decay")
+        if self.reinit_layers < 0:
+            raise ConfigError(f"--reinit-layers {self.reinit_layers}: must be 0 (none) or more")
+        if self.reinit_layers and self.option == "pretrain":
+            raise ConfigError("--reinit-layers: --option pretrain freezes the encoder, whose re-initialised layers "
+                              "would stay random")
         self._loss_weights()
         self._poolings()
 
@@ -241,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-lr-decay", type=float, help="multiply the learning rate by this factor per layer down "
                                                          "from the heads: the top encoder layer trains at lr x D, the "
                                                          "embeddings at lr x D^(layers+1) (default 1: one rate)")
+    p.add_argument("--reinit-layers", type=int, metavar="N",
+                   help="start the top N encoder layers from BERT's random initialisation (normal(0, 0.02) weights, "
+                        "zero biases, unit LayerNorm; seeded) instead of the checkpoint's (Zhang et al. 2021; "
+                        "default 0)")
     p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")

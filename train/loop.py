@@ -88,6 +88,9 @@ class Run:
             self.tokenizer = Tokenizer.from_pretrained(encoder_dir)
         except (CheckpointError, FileNotFoundError) as err:
             raise RunError(str(err)) from None
+        if config.reinit_layers > bert.config.num_hidden_layers:
+            raise RunError(f"--reinit-layers {config.reinit_layers}: the encoder in {encoder_dir} has "
+                           f"{bert.config.num_hidden_layers} layers")
         self.bert_config = bert.config
         self.encoder_dir = encoder_dir
         self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype),
@@ -149,13 +152,21 @@ class Run:
             yield {families[name]: batch for name, batch in batches.items()}, examples.popleft()
 
     def init_params(self):
-        """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh."""
+        """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh; the encoder's top
+        `reinit_layers` layers are fresh too, drawn by the same initialisation as the heads."""
         examples = {t: _placeholder_batch(2 if self.config.sequence_mode(t) == "bi" else 1)
                     for t in self.config.tasks}
-        init = jax.jit(lambda key: self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"],
-                       out_shardings=self.replicated)
-        return {**init(jax.random.key(self.config.seed)),
-                "bert": input_pipeline.place(self.encoder_params, self.replicated)}
+        layers = self.bert_config.num_hidden_layers
+        fresh_layers = {f"layer_{i}" for i in range(layers - self.config.reinit_layers, layers)}
+
+        def init(key, encoder):
+            params = self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"]
+            stack = {name: params["bert"]["encoder"][name] if name in fresh_layers else layer
+                     for name, layer in encoder["encoder"].items()}
+            return {**params, "bert": {**encoder, "encoder": stack}}
+
+        return jax.jit(init, out_shardings=self.replicated)(
+            jax.random.key(self.config.seed), input_pipeline.place(self.encoder_params, self.replicated))
 
     def predict(self, params, split: str) -> dict[str, np.ndarray]:
         """Per task that has the split (CFIMDB ships no test file), predictions for every example of `split`,
