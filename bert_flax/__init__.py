@@ -11,4 +11,5 @@ from .config import BertConfig
 from .modeling import BertModel
 from .tokenizer import Tokenizer
 
-__all__ = ["BertConfig", "BertModel", "CheckpointError", "Tokenizer", "from_pretrained", "load_config", "save_pretrained"]
+__all__ = ["BertConfig", "BertModel", "CheckpointError", "Tokenizer", "from_pretrained", "load_config",
+           "save_pretrained"]

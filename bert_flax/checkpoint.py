@@ -22,7 +22,8 @@ from flax.traverse_util import flatten_dict
 from .config import BertConfig
 from .modeling import BertModel
 
-__all__ = ["CheckpointError", "check_params", "expected_param_shapes", "from_pretrained", "load_config", "save_pretrained"]
+__all__ = ["CheckpointError", "check_params", "expected_param_shapes", "from_pretrained", "load_config",
+           "save_pretrained"]
 
 
 class CheckpointError(ValueError):

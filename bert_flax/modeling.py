@@ -189,7 +189,8 @@ class BertSelfAttention(nn.Module):
 
 
 class BertOutput(nn.Module):
-    """Projection back to the hidden size, dropout, residual and LayerNorm (after attention and after the feed-forward)."""
+    """Projection back to the hidden size, dropout, residual and LayerNorm (after attention and after the
+    feed-forward)."""
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32

@@ -9,45 +9,24 @@
 See data/README.md for the files, the formats and the API.
 """
 
-from data.input_pipeline import (
-    EncodedSplit,
-    MultiTaskStream,
-    TaskData,
-    TaskPlan,
-    choose_buckets,
-    data_mesh,
-    default_tokenizer,
-    encode_split,
-    length_sorted_batches,
-    place,
-    prefetch_to_device,
-    shard_batch,
-)
-from data.tasks import FAMILIES, DataError, MalformedRowWarning, Rows, TaskFamily, read_rows
-from data.tfds_builders import NO_LABEL, disable_progress_bars, get_builder, load_split, source_digest
+import importlib
 
-__all__ = [
-    "FAMILIES",
-    "NO_LABEL",
-    "DataError",
-    "EncodedSplit",
-    "MalformedRowWarning",
-    "MultiTaskStream",
-    "Rows",
-    "TaskData",
-    "TaskPlan",
-    "TaskFamily",
-    "choose_buckets",
-    "data_mesh",
-    "default_tokenizer",
-    "disable_progress_bars",
-    "encode_split",
-    "get_builder",
-    "length_sorted_batches",
-    "load_split",
-    "place",
-    "prefetch_to_device",
-    "read_rows",
-    "shard_batch",
-    "source_digest",
-]
+# Public name -> the submodule that defines it. A name loads its submodule on first use, so reading the task files
+# (data.tasks) does not import JAX and TFDS, which take seconds.
+_SOURCES = {
+    **dict.fromkeys(("EncodedSplit", "MultiTaskStream", "TaskData", "TaskPlan", "choose_buckets", "data_mesh",
+                     "default_tokenizer", "encode_split", "length_sorted_batches", "place", "prefetch_to_device",
+                     "shard_batch"), "input_pipeline"),
+    **dict.fromkeys(("FAMILIES", "DataError", "MalformedRowWarning", "Rows", "TaskFamily", "read_rows"), "tasks"),
+    **dict.fromkeys(("NO_LABEL", "disable_progress_bars", "get_builder", "load_split", "source_digest"),
+                    "tfds_builders"),
+}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"data.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -123,7 +123,8 @@ class EncodedSplit:
         labels = None if self.labels is None else np.concatenate([self.labels, other.labels])
         return dataclasses.replace(
             self, ids=self.ids + other.ids, labels=labels, input_ids=stacked(self.input_ids, other.input_ids),
-            token_type_ids=stacked(self.token_type_ids, other.token_type_ids), lengths=stacked(self.lengths, other.lengths),
+            token_type_ids=stacked(self.token_type_ids, other.token_type_ids),
+            lengths=stacked(self.lengths, other.lengths),
         )
 
 
@@ -334,7 +335,8 @@ class TaskData:
         return self._splits[key]
 
 
-def length_sorted_batches(encoded: EncodedSplit, buckets: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def length_sorted_batches(encoded: EncodedSplit, buckets: np.ndarray,
+                          batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Every row of `encoded` once, sorted by length, in batches of `batch_size` padded to the smallest
     of `buckets` that holds them, with "index" (the row, -1 for a padding row)."""
     order = np.argsort(encoded.key_lengths, kind="stable")

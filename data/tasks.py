@@ -170,7 +170,8 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") from None
+        raise DataError(f"{path}: line {line}: not valid UTF-8 "
+                        f"(byte {raw[e.start]:#04x} at offset {e.start})") from None
 
 
 def read_rows(path: str | Path, family: TaskFamily | str, *, labeled: bool | None = None) -> Rows:

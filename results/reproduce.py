@@ -122,8 +122,8 @@ ROWS = {
     **{f"paracross-cosine-scaled-lr{lr}-linear": ([*PARACROSS, "--lr", lr, "--lr-schedule", "linear"], {})
        for lr in ("5e-5", "1e-4")},
     # Both: the moving average over a learning rate that decays linearly to 0.
-    **{f"paracross-cosine-scaled-lr{lr}-linear-ema995": ([*PARACROSS, "--lr", lr, "--lr-schedule", "linear", "--ema", "0.995"], {})
-       for lr in ("5e-5", "1e-4")},
+    **{f"paracross-cosine-scaled-lr{lr}-linear-ema995": (
+        [*PARACROSS, "--lr", lr, "--lr-schedule", "linear", "--ema", "0.995"], {}) for lr in ("5e-5", "1e-4")},
     "sst-pretrain": (["--tasks", "sst", "--option", "pretrain", "--lr", "1e-3"], dict(sst=0.390)),
     "sst-finetune": (["--tasks", "sst"], dict(sst=0.515)),
     # SST alone with the best multi-task row's pooling, at its learning rate and lower ones: what the model gives SST.
@@ -151,7 +151,8 @@ ROWS = {
 # Soup row -> its ingredient rows of the same budget: one model, the mean of their best parameters (train/soup.py).
 SOUPS = {
     # The best setting's three seeds.
-    "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}" for suffix in SEEDS],
+    "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
+                                                    for suffix in SEEDS],
 }
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
@@ -173,7 +174,8 @@ def budget_tag(epochs: int, samples_per_task: int) -> str:
 def git_commit() -> str:
     """The commit the runs are made from (with '+dirty' when the tree has changes outside results/, whose files
     the summary itself rewrites)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
                            cwd=REPO, capture_output=True, text=True).stdout
     return (commit or "unknown") + ("+dirty" if dirty.strip() else "")
@@ -181,7 +183,8 @@ def git_commit() -> str:
 
 def device_name() -> str:
     """The accelerator the rows train on, as JAX names it (for example 'gpu NVIDIA H200')."""
-    code = "import jax; d = jax.devices()[0]; print(d.platform if d.device_kind == d.platform else f'{d.platform} {d.device_kind}')"
+    code = ("import jax; d = jax.devices()[0]; "
+            "print(d.platform if d.device_kind == d.platform else f'{d.platform} {d.device_kind}')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -317,8 +320,8 @@ def summarize() -> None:
             dev = scores[tag, name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]  # the best epoch's
             finished[tag, name] = info.get("finished", True)  # run.json of older rows was written when they finished
             done = len(records)
-            cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference else (f"{dev[t]:.3f}" if t in dev else "")
-                     for t in ("sst", "para", "sts")]
+            cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference
+                     else (f"{dev[t]:.3f}" if t in dev else "") for t in ("sst", "para", "sts")]
             if "cfimdb" in dev:
                 cells[0] = f"CFIMDB {dev['cfimdb']:.3f} ({reference['cfimdb']:.3f})"
             overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
@@ -335,8 +338,9 @@ def summarize() -> None:
                 shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
         if table:  # a budget whose rows have no finished epoch yet gets no table
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
-                      "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time | device "
-                      "| commit |", "|---|---|---|---|---|---|---|---|---|---|", *table, *[f"\nNote: {note}" for note in notes]]
+                      "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
+                      "| device | commit |", "|---|---|---|---|---|---|---|---|---|---|", *table,
+                      *[f"\nNote: {note}" for note in notes]]
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
     complete = [key for key in multitask if finished[key]]  # only these have test predictions
@@ -345,8 +349,8 @@ def summarize() -> None:
         run_dir = row_records(tag, name)
         shutil.copytree(run_dir / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
         shutil.copyfile(run_dir / "curves.png", RESULTS / "best" / "curves.png")
-        lines += [f"Best finished multi-task row: **{name}** at {tag} (overall {scores[best]['overall']:.3f}); its test "
-                  "predictions are in `best/predictions/`, its curves in `best/curves.png`.", ""]
+        lines += [f"Best finished multi-task row: **{name}** at {tag} (overall {scores[best]['overall']:.3f}); "
+                  "its test predictions are in `best/predictions/`, its curves in `best/curves.png`.", ""]
     if multitask:
         tags = [t for t in budgets() if any(key[0] == t for key in multitask)]
         names_by_tag = {tag: [name for t, name in multitask if t == tag] for tag in tags}
@@ -384,7 +388,8 @@ def main(argv=None) -> int:
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args(argv)
     soups = [name for name in args.rows if name in SOUPS]
-    trained = list(dict.fromkeys([*(name for name in args.rows if name in ROWS), *(n for s in soups for n in SOUPS[s])]))
+    trained = list(dict.fromkeys([*(name for name in args.rows if name in ROWS),
+                                  *(n for s in soups for n in SOUPS[s])]))
     # Rows whose encoder another row starts from, at their own budgets, then the rows, then the soups.
     sources = sorted({ENCODER_FROM[name] for name in trained if name in ENCODER_FROM})
     stages = [*(([source], epochs, samples) for source, epochs, samples in sources),

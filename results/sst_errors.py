@@ -87,8 +87,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for name, row_preds in preds.items():
         p = error_profile(row_preds, labels)
-        print(f"| {name} | {p['accuracy']:.3f} | {p['interval'][0]:.3f}-{p['interval'][1]:.3f} | {p['within_one']:.3f} | "
-              f"{' '.join('-' if r is None else f'{r:.2f}' for r in p['recall'])} | {' '.join(f'{s:.2f}' for s in p['predicted'])} |")
+        recall = " ".join("-" if r is None else f"{r:.2f}" for r in p["recall"])
+        predicted = " ".join(f"{share:.2f}" for share in p["predicted"])
+        print(f"| {name} | {p['accuracy']:.3f} | {p['interval'][0]:.3f}-{p['interval'][1]:.3f} | "
+              f"{p['within_one']:.3f} | {recall} | {predicted} |")
     return 0
 
 

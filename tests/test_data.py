@@ -621,3 +621,15 @@ def test_batches_are_split_across_two_devices(tfds_dir, task_data):
     assert out["quora/input_ids"] == [[0, 32, 0], [1, 32, 32]]  # device 0: rows a, device 1: rows b
     assert out["quora/weights"] == [[0, 16, 0], [1, 16, 16]]
     assert "3 rows do not split over 2 devices" in out["error"] and "['x']" in out["error"]
+
+
+def test_reading_task_files_does_not_import_jax_or_tfds():
+    """`data.tasks` (what results/sst_errors.py reads labels with) loads without the input pipeline's imports, and
+    every name `data` exports still resolves to its submodule's object."""
+    code = ("import sys, data.tasks\n"
+            "assert not {'jax', 'tensorflow_datasets'} & set(sys.modules), 'imported with data.tasks'\n"
+            "import data, importlib\n"
+            "for name in data.__all__:\n"
+            "    assert getattr(data, name) is getattr(importlib.import_module('data.' + data._SOURCES[name]), name)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -91,11 +91,13 @@ class TrainConfig:
                               "cross or para=cross or sts=cross")
         for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches",
                      "eval_batch_size", "encoder_chunks"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+            value = getattr(self, name)
+            if value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {value}")
         for name in ("dropout", "ema", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1)")
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
         for name in ("rdrop", "ordinal_loss"):
             flag, weight = f"--{name.replace('_', '-')}", getattr(self, name)
             if not 0 <= weight < float("inf"):

@@ -115,7 +115,8 @@ def task_metric(task: str, preds: np.ndarray, labels: np.ndarray) -> float:
 def overall_score(metrics: dict[str, float]) -> float | None:
     """(sst_acc + para_acc + (sts_pearson + 1) / 2) / 3 when all three tasks are scored, else the mean of
     what is there (with STS mapped to 0-1 the same way)."""
-    parts = [(metrics[t] + 1) / 2 if t == "sts" else metrics[t] for t in ("sst", "para", "sts", "cfimdb") if t in metrics]
+    parts = [(metrics[t] + 1) / 2 if t == "sts" else metrics[t]
+             for t in ("sst", "para", "sts", "cfimdb") if t in metrics]
     return float(np.mean(parts)) if parts else None
 
 

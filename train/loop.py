@@ -358,7 +358,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
         disable_progress_bars()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} or choose another --run-dir")
+        raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} "
+                       "or choose another --run-dir")
     barrier("run directory checked")  # before the main process writes config.json
     if is_main_process():  # on --resume the saved settings, or more --epochs
         tmp = run_dir / "config.json.tmp"
@@ -406,7 +407,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
                     _save(best, epoch, {"params": params}, {"epoch": epoch, "dev": dev})
             position.update(epoch=epoch + 1, next_step=0)
             _save(latest, position["global_step"], _state_dict(state), position)
-            _say(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items()) + (" (best)" if is_best else ""))
+            _say(f"epoch {epoch} dev: " + " ".join(f"{k}={v:.4f}" for k, v in dev.items())
+                 + (" (best)" if is_best else ""))
             if any_process(interrupt.raised):
                 _say(f"interrupted: checkpoint saved at the end of epoch {epoch}; continue with --resume {run_dir}")
                 return {}
@@ -449,7 +451,8 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
             totals["cosine"] = (np.asarray(totals["cosine"]) + cosine).tolist()
         pending, pcgrad_stats = [], []
 
-    bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step", disable=quiet or not is_main_process())
+    bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}", unit="step",
+               disable=quiet or not is_main_process())
     for batches, examples in run.train_steps(epoch, first_step):
         global_step = position["global_step"]
         key = jax.random.fold_in(base_key, global_step)
@@ -498,8 +501,8 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
         }
     del position["totals"]
     if quiet:
-        _say(f"epoch {epoch}: {totals['steps']} steps, loss " + " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
-              + f", {result['examples_per_s']:.1f} examples/s")
+        losses = " ".join(f"{t}={v:.4f}" for t, v in result["loss"].items())
+        _say(f"epoch {epoch}: {totals['steps']} steps, loss {losses}, {result['examples_per_s']:.1f} examples/s")
     return state, result
 
 
