@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="dev")
     parser.add_argument("--eval-batch-size", type=int, default=128)
-    parser.add_argument("--max-examples", type=int, default=0, help="examples per task, spread over the lengths; 0: all")
+    parser.add_argument("--max-examples", type=int, default=0,
+                        help="examples per task, spread over the lengths; 0: all")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (the fastest counts)")
-    parser.add_argument("--preset", default="cosfeat-pcgrad-mean", help="a train.config preset; 'none' for the defaults")
+    parser.add_argument("--preset", default="cosfeat-pcgrad-mean",
+                        help="a train.config preset; 'none' for the defaults")
     parser.add_argument("--tasks", default="sst,para,sts")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -162,11 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
         per_task[task] = entry
         rows.append({"task": f"{task} ({mode})", **entry})
 
-    total_s = {k: sum(e[f"{k}_seconds"] for e in per_task.values()) for k in ("jax", "torch") if torch_model is not None or k == "jax"}
+    total_s = {k: sum(e[f"{k}_seconds"] for e in per_task.values())
+               for k in ("jax", "torch") if torch_model is not None or k == "jax"}
     sentences = sum(e["sentences"] for e in per_task.values())
     overall = {"sentences": sentences, "jax_sentences_per_s": sentences / total_s["jax"]}
     if "torch" in total_s:
-        overall.update(torch_sentences_per_s=sentences / total_s["torch"], jax_over_torch=total_s["torch"] / total_s["jax"])
+        overall.update(torch_sentences_per_s=sentences / total_s["torch"],
+                       jax_over_torch=total_s["torch"] / total_s["jax"])
     rows.append({"task": "all", **overall})
 
     info = common.machine_info()

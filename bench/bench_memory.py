@@ -60,7 +60,8 @@ def measure(command: list[str], timeout: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples-per-task", type=int, default=64)
-    parser.add_argument("--preset", default="cosfeat-pcgrad-mean", help="a train.config preset; 'none' for the defaults")
+    parser.add_argument("--preset", default="cosfeat-pcgrad-mean",
+                        help="a train.config preset; 'none' for the defaults")
     parser.add_argument("--tasks", default="sst,sts",
                         help="default sst,sts: the Quora dev and test splits (10k pairs each) take about ten minutes "
                              "per pass with MiniLM on 2 cores; add para for the full set")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_command[3:3] = ["--preset", args.preset]
     results = {}
     try:
-        results["imports"] = measure([python, "-c", "import jax, flax, optax, orbax.checkpoint, train.loop"], args.timeout)
+        results["imports"] = measure([python, "-c", "import jax, flax, optax, orbax.checkpoint, train.loop"],
+                                     args.timeout)
         results["train"] = measure(train_command, args.timeout)
         if results["train"]["returncode"] == 0:
             results["evaluate"] = measure([python, "-m", "train.evaluate", "--checkpoint", str(run_dir / "run"),

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"pipeline: {pipeline['examples_per_s']:,.0f} examples/s, {pipeline['steps_per_s']:,.0f} steps/s "
           f"({pipeline['examples']} examples, {pipeline['steps']} steps of 3 tasks in {pipeline['seconds']:.2f} s)")
     for name, ratio in pipeline["padding_ratio"].items():
-        print(f"  {name:6s} padding ratio {ratio:.3f} (tokens fed / real tokens), {pipeline['num_shapes'][name]} shapes")
+        print(f"  {name:6s} padding ratio {ratio:.3f} (tokens fed / real tokens), "
+              f"{pipeline['num_shapes'][name]} shapes")
     print(f"training step: {training['examples_per_s']:.1f} examples/s ({training['steps']} steps after "
           f"{training['warmup_s']:.0f} s of warm-up)")
     print(f"pipeline / training: {multiple:,.0f}x (target at least 10x)")

@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=8, help="timed steps (each: one batch of every task)")
     parser.add_argument("--start-step", type=int, default=0, help="first step of epoch 0 to use")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per task per step")
-    parser.add_argument("--preset", default="cosfeat-pcgrad-mean", help="a train.config preset; 'none' for the defaults")
+    parser.add_argument("--preset", default="cosfeat-pcgrad-mean",
+                        help="a train.config preset; 'none' for the defaults")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32")
     parser.add_argument("--no-dropout", action="store_true", help="zero every dropout rate (deterministic steps)")
@@ -377,12 +378,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"{common.nonembedding_params(run.bert_config) / 1e6:.2f}M non-embedding parameters")
     common.print_table(rows, [
         ("variant", "variant", "s"), ("examples_per_s", "ex/s", ".1f"), ("step_ms_median", "step ms", ".0f"),
-        ("vs_torch_eager", "vs torch", ".2f"), ("pcgrad_over_sum", "pcg/sum", ".2f"), ("pcgrad_over_sum_median", "median", ".3f"),
+        ("vs_torch_eager", "vs torch", ".2f"), ("pcgrad_over_sum", "pcg/sum", ".2f"),
+        ("pcgrad_over_sum_median", "median", ".3f"),
         ("tokens_fed", "tokens fed", "d"), ("fed_over_real", "fed/real", ".3f"),
         ("gflops_real", "GFLOP/s real", ".1f"), ("gflops_fed", "GFLOP/s fed", ".1f"), ("warmup_s", "warm-up s", ".1f"),
     ])
     print("ex/s: real examples (all tasks) per second; vs torch: over torch eager of the same kind (sum/pcgrad); "
-          "pcg/sum: PCGrad over summed step time (total; median: of the median steps); GFLOP/s real/fed: 6N tokens + 12 layers hidden L^2 "
+          "pcg/sum: PCGrad over summed step time (total; median: of the median steps); "
+          "GFLOP/s real/fed: 6N tokens + 12 layers hidden L^2 "
           "on real / fed lengths")
     cache = "off" if args.no_compile_cache else "on (.cache/jax)"
     for dtype_name, n in notes.items():
@@ -397,7 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{ms['sum']:.1f} ms, PCGrad {ms['pcgrad']:.1f} ms; PCGrad/sum step time from the update "
                   f"difference over the summed step: {by_update:.3f}")
         for task, c in n["loss_check"].items():
-            print(f"loss check {dtype_name} {task}: jax {c['jax']:.6f} torch {c['torch']:.6f} |diff| {c['abs_diff']:.2e}")
+            print(f"loss check {dtype_name} {task}: jax {c['jax']:.6f} torch {c['torch']:.6f} "
+                  f"|diff| {c['abs_diff']:.2e}")
         for name, why in n["failed"].items():
             print(f"{name} {dtype_name} FAILED: {why}")
     result = {

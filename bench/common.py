@@ -176,7 +176,8 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     config = TrainConfig(**values)
     run = Run(config, ensure_init_checkpoint(str(checkpoint)))
     if no_dropout:
-        run.bert_config = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        run.bert_config = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0,
+                                              attention_probs_dropout_prob=0.0)
         run.model = run.model.clone(bert_config=run.bert_config)
     return run
 
@@ -267,7 +268,8 @@ def torch_bert(run, attn_implementation: str = "sdpa"):
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout):
             attention = name.endswith("attention.self.dropout")
-            module.p = run.bert_config.attention_probs_dropout_prob if attention else run.bert_config.hidden_dropout_prob
+            module.p = (run.bert_config.attention_probs_dropout_prob if attention
+                        else run.bert_config.hidden_dropout_prob)
     return model
 
 

@@ -91,8 +91,10 @@ def test_bert_prefix_and_old_layernorm_names_and_mlm_head(minilm_torch_dir, mini
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("encoder.layer.2.output.dense.bias"), "missing tensor encoder.layer.2.output.dense.bias (384,)"),
-        (lambda s: s.update({"classifier.weight": np.zeros((5, 384), np.float32)}), "unknown tensor classifier.weight (5, 384)"),
+        (lambda s: s.pop("encoder.layer.2.output.dense.bias"),
+         "missing tensor encoder.layer.2.output.dense.bias (384,)"),
+        (lambda s: s.update({"classifier.weight": np.zeros((5, 384), np.float32)}),
+         "unknown tensor classifier.weight (5, 384)"),
         (lambda s: s.update({"pooler.dense.weight": np.zeros((384, 380), np.float32)}),
          "misshapen tensor pooler.dense.weight: (384, 380), expected (384, 384)"),
     ],
@@ -135,4 +137,5 @@ def test_loading_refuses_incomplete_directories(minilm_flax_dir, tmp_path):
 def test_cli_prints_one_summary_line(minilm_torch_dir, tmp_path, capsys):
     assert pt_to_flax.main(["--src", str(minilm_torch_dir), "--out", str(tmp_path / "out")]) == 0
     line = capsys.readouterr().out.strip()
-    assert line == f"converted 103 tensors, 1 skipped (embeddings.position_ids), 22,713,216 parameters -> {tmp_path / 'out'}"
+    assert line == ("converted 103 tensors, 1 skipped (embeddings.position_ids), 22,713,216 parameters -> "
+                    f"{tmp_path / 'out'}")

@@ -372,7 +372,8 @@ def test_stream_batches_match_their_plan(task_data):
     for step, batches in enumerate(itertools.islice(stream.epoch(0), 5)):
         assert set(batches) == {"sst", "quora", "sts"}
         for task in tasks:
-            _assert_batch_is_consistent(batches[task.name], task, plan[task.name].rows[step], plan[task.name].lengths[step])
+            _assert_batch_is_consistent(batches[task.name], task, plan[task.name].rows[step],
+                                        plan[task.name].lengths[step])
     quora = next(iter(stream.epoch(0)))["quora"]
     assert quora["input_ids"].shape[0] == 64 and quora["labels"].shape == (32,)
     assert np.all(quora["input_ids"][:, 0] == 101) and np.all(quora["token_type_ids"] == 0)
@@ -473,7 +474,8 @@ def test_padding_ratio_and_shapes_on_the_real_data(task_data, default_stream):
         stats = default_stream.stats(epoch)["tasks"]
         for name in ("sst", "quora", "sts"):
             assert stats[name]["padding_ratio"] <= 1.15, (name, stats[name])
-            assert stats[name]["num_shapes"] <= DEFAULT_NUM_BUCKETS and len(stats[name]["shapes"]) <= DEFAULT_NUM_BUCKETS
+            assert (stats[name]["num_shapes"] <= DEFAULT_NUM_BUCKETS
+                    and len(stats[name]["shapes"]) <= DEFAULT_NUM_BUCKETS)
             assert stats[name]["examples"] == 10_000
     cfimdb = MultiTaskStream([task_data("cfimdb")]).stats(0)["tasks"]["cfimdb"]
     assert cfimdb["padding_ratio"] <= 1.15 and cfimdb["num_shapes"] <= DEFAULT_NUM_BUCKETS
@@ -530,7 +532,8 @@ def test_sentences_of_a_bi_split_are_its_a_then_b_sentences(task_data):
     rows = np.array([0, n - 1])
     for half in (0, 1):
         for name in ("input_ids", "token_type_ids", "lengths"):
-            np.testing.assert_array_equal(getattr(sentences, name)[0, half * n + rows], getattr(pairs, name)[half, rows])
+            np.testing.assert_array_equal(getattr(sentences, name)[0, half * n + rows],
+                                          getattr(pairs, name)[half, rows])
     np.testing.assert_array_equal(sentences.input_ids[0, -1], pairs.input_ids[0, -1])
     np.testing.assert_array_equal(sentences.key_lengths, pairs.lengths[:, :-1].reshape(-1))
     assert task_data("sst").split("dev").sentences() is task_data("sst").split("dev")
@@ -597,7 +600,8 @@ out = {"devices": len(jax.devices())}
 for task in host:
     for key, value in placed[task].items():
         np.testing.assert_array_equal(np.asarray(value), host[task][key])
-        out[f"{task}/{key}"] = sorted((s.device.id, s.data.shape[0], s.index[0].start or 0) for s in value.addressable_shards)
+        out[f"{task}/{key}"] = sorted((s.device.id, s.data.shape[0], s.index[0].start or 0)
+                                      for s in value.addressable_shards)
 try:
     shard_batch({"x": np.zeros((3, 2))})
 except ValueError as e:

@@ -28,7 +28,8 @@ _long = st.builds(lambda text, times: text * times, st.text(_chars, min_size=1, 
 text_field = st.one_of(_short, _short, _long).filter(lambda s: s.strip())
 
 _LABEL_TEXTS = {
-    "sst": st.builds(lambda v, fmt: fmt.format(v), st.integers(0, 4), st.sampled_from(["{}", "{}.0", " {} ", "+{}", "0{}"])),
+    "sst": st.builds(lambda v, fmt: fmt.format(v), st.integers(0, 4),
+                     st.sampled_from(["{}", "{}.0", " {} ", "+{}", "0{}"])),
     "quora": st.sampled_from(["0", "1", "0.0", "1.0"]),
     "sts": st.one_of(
         st.floats(0, 5, allow_nan=False).map(repr),

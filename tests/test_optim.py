@@ -197,7 +197,8 @@ def test_layer_lr_scales_decay_from_the_heads_down():
     d = 0.5
     assert layer_lr_scales(params, d) == {
         "bert": {"embeddings": {"word_embeddings": {"embedding": d**4}, "LayerNorm": {"scale": d**4}},
-                 "encoder": {f"layer_{i}": {"attention": {"self": {"query": {"kernel": d ** (3 - i), "bias": d ** (3 - i)}}}}
+                 "encoder": {f"layer_{i}": {"attention": {"self": {"query": {"kernel": d ** (3 - i),
+                                                                             "bias": d ** (3 - i)}}}}
                              for i in range(3)},
                  "pooler": {"dense": {"kernel": 1.0, "bias": 1.0}}},
         "sst_classifier": {"kernel": 1.0, "bias": 1.0},

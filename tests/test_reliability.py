@@ -114,7 +114,8 @@ def assert_same_outcome(run_dir: Path, reference_dir: Path) -> None:
 
     assert metrics(run_dir) == metrics(reference_dir)
     for name in ("latest", "best"):
-        (ours, our_meta), (theirs, their_meta) = (checkpoint(d / "checkpoints" / name) for d in (run_dir, reference_dir))
+        (ours, our_meta), (theirs, their_meta) = (checkpoint(d / "checkpoints" / name)
+                                                  for d in (run_dir, reference_dir))
         assert our_meta == their_meta
         assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
         for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
@@ -197,7 +198,8 @@ def test_ctrl_c_in_the_last_step_of_an_epoch_stops_at_its_checkpoint(workdir, ti
     training.proc.send_signal(signal.SIGINT)
     assert finish(training) == 130, training.output()
     assert "Traceback" not in training.output()
-    assert training.lines[-1] == f"interrupted: checkpoint saved at the end of epoch 0; continue with --resume {run_dir}"
+    assert training.lines[-1] == ("interrupted: checkpoint saved at the end of epoch 0; "
+                                  f"continue with --resume {run_dir}")
     _, saved = checkpoint(run_dir / "checkpoints" / "latest")
     assert (saved["epoch"], saved["next_step"], saved["global_step"]) == (1, 0, 3)
     assert len(metric_lines(run_dir)) == 1

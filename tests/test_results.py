@@ -88,7 +88,8 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     assert soup["finished"] is True and soup["argv"] == [
         "-m", "train.soup", "--run-dir", str(results / "runs" / "2x16" / "tiny-soup"),
         *(str(results / "runs" / "2x16" / name) for name in rows)]
-    (soup_record,) = [json.loads(line) for line in (results / "2x16" / "tiny-soup" / "metrics.jsonl").read_text().splitlines()]
+    (soup_record,) = [json.loads(line) for line in
+                      (results / "2x16" / "tiny-soup" / "metrics.jsonl").read_text().splitlines()]
     assert [item["run_dir"] for item in soup_record["soup"]] == soup["argv"][4:]
     assert len(list((results / "2x16" / "tiny-soup" / "predictions").iterdir())) == 4
 

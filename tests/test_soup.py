@@ -56,7 +56,8 @@ def test_soup_is_a_run_directory_that_evaluates_and_predicts(ingredients, soup_d
     assert loop.evaluate_run(soup_dir, ("dev",))["dev_overall"] == pytest.approx(record["dev"]["overall"], abs=1e-6)
     assert sorted(p.name for p in (soup_dir / "predictions").iterdir()) == sorted(
         f"{task}-{split}-output.csv" for task in ("sst", "para", "sts") for split in ("dev", "test"))
-    assert json.loads((soup_dir / "config.json").read_text()) == json.loads((ingredients[0] / "config.json").read_text())
+    assert json.loads((soup_dir / "config.json").read_text()) == json.loads(
+        (ingredients[0] / "config.json").read_text())
     assert (soup_dir / "best_encoder" / "params").is_dir() and (soup_dir / "curves.png").stat().st_size > 1000
     assert predict.main(["--checkpoint", str(soup_dir), "A gripping film."]) == 0
     assert "sentiment" in capsys.readouterr().out

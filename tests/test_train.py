@@ -30,7 +30,8 @@ def test_presets_expand_to_the_reference_rows():
     assert config.shared_layer and not config.pcgrad and config.lr == 2e-5
     assert train_config.parse_args(["--preset", "baseline-6041"])[0].samples_per_task == 6041
     baseline = train_config.parse_args(["--preset", "baseline-10000"])[0]
-    assert (baseline.pooling, baseline.sts_head, baseline.pcgrad, baseline.shared_layer) == ("cls", "linear", False, False)
+    assert (baseline.pooling, baseline.sts_head, baseline.pcgrad, baseline.shared_layer) == (
+        "cls", "linear", False, False)
     assert set(PRESETS) == {"baseline-6041", "baseline-10000", "shared-pcgrad", "cosine-pcgrad",
                             "cosine-pcgrad-mean", "cosfeat-pcgrad-mean"}
     defaults = TrainConfig()
@@ -57,10 +58,13 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--pooling", "mean,sst=avg"], "--pooling 'mean,sst=avg': choose cls, mean or max"),
     (["--tasks", "sst,para", "--pooling", "mean,sts=cls"], "with TASK among the run's tasks (sst,para)"),
     (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
-    (["--pair-encoding", "cross", "--sts-head", "cosine"], "--pair-encoding cross: a cross-encoded pair has no sentence"),
-    (["--pair-encoding", "para=cross", "--para-cos-feature"], "--pair-encoding para=cross: a cross-encoded pair has no"),
+    (["--pair-encoding", "cross", "--sts-head", "cosine"],
+     "--pair-encoding cross: a cross-encoded pair has no sentence"),
+    (["--pair-encoding", "para=cross", "--para-cos-feature"],
+     "--pair-encoding para=cross: a cross-encoded pair has no"),
     (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
-    (["--swap-pairs", "--pair-encoding", "sts=cross", "--tasks", "sst,para"], "--swap-pairs: no task of the run encodes"),
+    (["--swap-pairs", "--pair-encoding", "sts=cross", "--tasks", "sst,para"],
+     "--swap-pairs: no task of the run encodes"),
     (["--loss-weights", "sts=0"], "--loss-weights 'sts=0': choose TASK=W[,TASK=W] with TASK among the run's tasks"),
     (["--tasks", "sst", "--loss-weights", "sts=2"], "--loss-weights 'sts=2': choose TASK=W"),
     (["--epochs", "0"], "--epochs must be positive"),
@@ -76,7 +80,8 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
     (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to sst and cfimdb, and --tasks para,sts has neither"),
     (["--ordinal-loss", "-0.5"], "--ordinal-loss -0.5: must be 0 (off) or a positive weight"),
-    (["--ordinal-loss", "1", "--tasks", "sts"], "--ordinal-loss: applies to sst and cfimdb, and --tasks sts has neither"),
+    (["--ordinal-loss", "1", "--tasks", "sts"],
+     "--ordinal-loss: applies to sst and cfimdb, and --tasks sts has neither"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -108,7 +113,8 @@ COMBINATIONS = [
 ]
 
 
-@pytest.mark.parametrize("overrides", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+@pytest.mark.parametrize("overrides", COMBINATIONS,
+                         ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
 def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, overrides):
     from train.step import evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
@@ -116,13 +122,15 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     run = loop.Run(config, tiny_encoder)
     for task in {"para", "sts"} & set(config.tasks):
         ids = run.data[task].train.ids  # with --swap-pairs, a cross task's pairs twice
-        assert (ids[: len(ids) // 2] == ids[len(ids) // 2 :]) == (config.swap_pairs and config.pair_mode(task) == "cross")
+        half = len(ids) // 2
+        assert (ids[:half] == ids[half:]) == (config.swap_pairs and config.pair_mode(task) == "cross")
     tx = make_optimizer(config, total_steps=4)
     state = init_state(run.init_params(), tx)
     before = jax.device_get(state.params)
     batches, _ = next(run.train_steps(0))
     grad_fns = make_grad_fns(run.model, config)
-    losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg")) for i, t in enumerate(config.tasks)))
+    losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg"))
+                          for i, t in enumerate(config.tasks)))
     state, stats = make_update(config, tx)(state, tuple(grads), jax.random.key(9))
     after = jax.device_get(state.params)
     assert all(np.isfinite(float(loss)) and float(loss) > 0 for loss in losses)
@@ -384,7 +392,8 @@ def test_run_writes_every_output(finished_run):
     for record in records:
         assert set(record["loss"]) == {"sst", "para", "sts"}
         assert set(record["dev"]) == {"sst", "para", "sts", "overall"}
-        assert 0 <= record["pcgrad_conflict_rate"] <= 1 and set(record["pcgrad_cosine"]) == {"sst-para", "sst-sts", "para-sts"}
+        assert (0 <= record["pcgrad_conflict_rate"] <= 1
+                and set(record["pcgrad_cosine"]) == {"sst-para", "sst-sts", "para-sts"})
         assert record["examples_per_s"] > 0 and record["step_time_s"] > 0
         dev = record["dev"]
         assert dev["overall"] == pytest.approx((dev["sst"] + dev["para"] + (dev["sts"] + 1) / 2) / 3)
@@ -479,7 +488,8 @@ class _InterruptAfter:
         pass
 
 
-def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder, small_data, tmp_path, monkeypatch, capsys):
+def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder, small_data, tmp_path, monkeypatch,
+                                                     capsys):
     saved = TrainConfig.from_json(finished_run / "config.json")
     run_dir = tmp_path / "resumed"
     monkeypatch.setattr(loop, "_InterruptFlag", lambda: _InterruptAfter(steps=5))
@@ -523,7 +533,8 @@ def test_layer_lr_decay_scales_each_layer_update_of_the_model(tiny_encoder, smal
         tx = make_optimizer(config, total_steps=1)
         updates.append(jax.device_get(tx.update(grads, init_state(params, tx).opt_state, params)[0]))
     layers = len(params["bert"]["encoder"])
-    factors = {"embeddings": 0.5 ** (layers + 1), "pooler": 1.0, **{f"layer_{i}": 0.5 ** (layers - i) for i in range(layers)}}
+    factors = {"embeddings": 0.5 ** (layers + 1), "pooler": 1.0,
+               **{f"layer_{i}": 0.5 ** (layers - i) for i in range(layers)}}
     leaves = zip(jax.tree_util.tree_leaves_with_path(updates[1]), jax.tree_util.tree_leaves(updates[0]))
     for (path, update), plain_update in leaves:
         names = [k.key for k in path]
@@ -582,7 +593,9 @@ run = loop.Run(config, config.init_checkpoint)
 state = init_state(run.init_params(), make_optimizer(config, total_steps=1))
 batches, _ = next(run.train_steps(0))
 grad_fns = make_grad_fns(run.model, config)
-print(json.dumps({"devices": jax.device_count(), "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0]) for t in config.tasks]}))
+print(json.dumps({"devices": jax.device_count(),
+                  "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0])
+                             for t in config.tasks]}))
 """
 
 
