@@ -50,7 +50,8 @@ SST_MEAN = ["--tasks", "sst", "--pooling", "mean"]
 CFIMDB = ["--tasks", "cfimdb", "--batch-size", "8"]
 # SST alone pooled by [CLS]: settings.
 SST_CLS = {"lr2e-5": ["--lr", "2e-5"], "lr2e-5-ls0.1": ["--lr", "2e-5", "--label-smoothing", "0.1"],
-           "lr5e-5-llrd0.8": ["--lr", "5e-5", "--layer-lr-decay", "0.8"]}
+           "lr5e-5-llrd0.8": ["--lr", "5e-5", "--layer-lr-decay", "0.8"],
+           "lr2e-5-reinit1": ["--lr", "2e-5", "--reinit-layers", "1"]}
 # Row-name suffix -> seed flags, for the settings that run with three seeds.
 SEEDS = {"": [], "-seed2": ["--seed", "2"], "-seed3": ["--seed", "3"]}
 # Rows started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
@@ -134,8 +135,8 @@ ROWS = {
     "sst-finetune-mean-lr2e-5-linear": ([*SST_MEAN, "--lr", "2e-5", "--lr-schedule", "linear"], {}),
     "sst-finetune-mean-lr2e-5-dropout0.1": ([*SST_MEAN, "--lr", "2e-5", "--dropout", "0.1"], {}),
     # The best of those, then with labels smoothed, or with layer-wise learning rates (top layer 4e-5 down to 1e-5
-    # for the embeddings): regularisers of fine-tuning on little data. Each with seeds 2 and 3 as well, as
-    # runs of one setting land up to 0.04 apart on SST dev.
+    # for the embeddings): regularisers of fine-tuning on little data; or with the top encoder layer re-initialised.
+    # Each with seeds 2 and 3 as well, as runs of one setting land up to 0.04 apart on SST dev.
     **{f"sst-finetune-cls-{name}{suffix}": (["--tasks", "sst", *flags, *seed], {})
        for name, flags in SST_CLS.items() for suffix, seed in SEEDS.items()},
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
