@@ -153,7 +153,7 @@ class Run:
 
     def init_params(self):
         """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh; the encoder's top
-        `reinit_layers` layers are fresh too, drawn by the same initialisation as the heads."""
+        `reinit_layers` layers are fresh too, from the model's own initialisers in the same seeded call."""
         examples = {t: _placeholder_batch(2 if self.config.sequence_mode(t) == "bi" else 1)
                     for t in self.config.tasks}
         layers = self.bert_config.num_hidden_layers
