@@ -30,3 +30,7 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f"data.{_SOURCES[name]}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))

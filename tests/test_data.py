@@ -629,10 +629,11 @@ def test_batches_are_split_across_two_devices(tfds_dir, task_data):
 
 def test_reading_task_files_does_not_import_jax_or_tfds():
     """`data.tasks` (what results/sst_errors.py reads labels with) loads without the input pipeline's imports, and
-    every name `data` exports still resolves to its submodule's object."""
+    every name `data` exports is listed by dir() and resolves to its submodule's object."""
     code = ("import sys, data.tasks\n"
             "assert not {'jax', 'tensorflow_datasets'} & set(sys.modules), 'imported with data.tasks'\n"
             "import data, importlib\n"
+            "assert set(data.__all__) <= set(dir(data)), 'dir(data) lacks exported names'\n"
             "for name in data.__all__:\n"
             "    assert getattr(data, name) is getattr(importlib.import_module('data.' + data._SOURCES[name]), name)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
