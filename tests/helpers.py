@@ -1,6 +1,8 @@
-"""Test helpers: real sentences from the task data, and the PyTorch reference forward pass."""
+"""Test helpers: real sentences from the task data, the PyTorch reference forward pass, and the environment of
+subprocesses with several CPU devices."""
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +30,10 @@ def torch_forward(torch_model, batch: dict) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         out = torch_model(**{k: torch.from_numpy(np.asarray(v)).long() for k, v in batch.items()})
     return out.last_hidden_state.numpy(), out.pooler_output.numpy()
+
+
+def devices_env(count: int) -> dict[str, str]:
+    """os.environ for a subprocess that sees `count` CPU devices and imports this repository, keeping the XLA flags
+    conftest.py sets."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+    return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(REPO)}

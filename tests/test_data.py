@@ -4,7 +4,6 @@ import hashlib
 import itertools
 import json
 import multiprocessing
-import os
 import re
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from data import (
 from data.input_pipeline import DEFAULT_NUM_BUCKETS
 from data.tfds_builders import BUILDERS, DEFAULT_SOURCE_DIR
 from bert_flax.tokenizer import Tokenizer
+from tests.helpers import devices_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -612,10 +612,9 @@ print(json.dumps(out))
 
 def test_batches_are_split_across_two_devices(tfds_dir, task_data):
     task_data("sst"), task_data("quora", "bi")  # prepared and tokenized here, reused by the child
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tfds_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=devices_env(2), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -2,7 +2,6 @@
 same run as one process with two devices, and only the main process writes the run's files."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import devices_env
 from train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ def run_flags(tiny_encoder, small_data, run_dir) -> list[str]:
 
 
 def launch(flags, devices: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**devices_env(devices), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "train.main", *flags], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

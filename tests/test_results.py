@@ -2,7 +2,6 @@
 soup after its rows, the summary tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the next
 call."""
 
-import importlib.util
 import json
 import os
 import shutil

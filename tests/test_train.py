@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL_ROWS
-from tests.helpers import DATA_DIR, REPO
+from tests.helpers import DATA_DIR, REPO, devices_env
 from train import config as train_config
 from train import evaluate, loop, main, predict
 from train.step import make_update
@@ -602,8 +601,7 @@ print(json.dumps({"devices": jax.device_count(),
 def run_script_on_devices(count, config) -> subprocess.CompletedProcess:
     """TWO_DEVICE_SCRIPT in a fresh process with `count` forced CPU devices."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=env,
+    return subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT, json.dumps(values)], env=devices_env(count),
                           capture_output=True, text=True, cwd=REPO)
 
 
