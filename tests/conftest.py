@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The suite compiles hundreds of small XLA programs, and on a 2-core CPU compiling is most of its time: without
 # LLVM's optimisations it takes about half as long. The programs are the same; float32 results can differ in the
-# last bits (fused multiply-adds), and no test depends on that: every exact comparison has both sides compiled here.
+# last bits, and no test depends on that: every exact comparison has both sides compiled here.
 # Subprocesses inherit the flag (tests.helpers.devices_env keeps it). JAX's compilation cache (.cache/jax) keys on
 # XLA_FLAGS, so training runs never load the programs compiled here.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
