@@ -543,13 +543,22 @@ def test_layer_lr_decay_scales_each_layer_update_of_the_model(tiny_encoder, smal
     assert layers >= 2 and np.abs(plain_update).max() > 0
 
 
-def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encoder, small_data):
-    """--reinit-layers 1 replaces the top layer of the tiny 2-layer encoder by BERT's initialisation, seeded; the
-    lower layer, the embeddings, the pooler and the heads are those of a run without it."""
-    plain = tiny_config(tiny_encoder, small_data)
+def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encoder, small_data, tmp_path):
+    """--reinit-layers 1 replaces the top layer of a 2-layer encoder by BERT's initialisation, seeded; the lower
+    layer, the embeddings, the pooler and the heads are those of a run without it."""
+    from bert_flax import from_pretrained, load_config, save_pretrained
+
+    # The tiny encoder with every tensor moved off its initial value (biases 0, LayerNorm 1), so a kept bias or
+    # LayerNorm differs from a re-initialised one.
+    _, params = from_pretrained(tiny_encoder)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x) + rng.normal(0.0, 0.1, x.shape).astype(np.float32), params)
+    encoder = save_pretrained(tmp_path / "encoder", load_config(tiny_encoder), params, tiny_encoder / "vocab.txt",
+                              lowercase=True)
+    plain = tiny_config(encoder, small_data)
     config = dataclasses.replace(plain, reinit_layers=1)
     configs = (config, config, plain, dataclasses.replace(config, seed=plain.seed + 1))
-    fresh, again, kept, other_seed = (jax.device_get(loop.Run(c, tiny_encoder).init_params()) for c in configs)
+    fresh, again, kept, other_seed = (jax.device_get(loop.Run(c, encoder).init_params()) for c in configs)
 
     def check(path, value, value_again, kept_value, other_seed_value):
         names = [k.key for k in path]
@@ -562,10 +571,11 @@ def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encod
             assert abs(value.std() - 0.02) < 0.003 and abs(value.mean()) < 0.003, name
         else:
             np.testing.assert_array_equal(value, np.ones_like(value) if names[-1] == "scale" else 0 * value, name)
+            assert not np.allclose(value, kept_value), name
 
     jax.tree_util.tree_map_with_path(check, fresh, again, kept, other_seed)
     with pytest.raises(loop.RunError, match="--reinit-layers 3: the encoder in .* has 2 layers"):
-        loop.Run(dataclasses.replace(plain, reinit_layers=3), tiny_encoder)
+        loop.Run(dataclasses.replace(plain, reinit_layers=3), encoder)
 
 
 def test_linear_schedule_decays_to_zero_at_the_last_step():
