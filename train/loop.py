@@ -51,9 +51,12 @@ class RunError(RuntimeError):
 
 
 def enable_compilation_cache(directory: Path = Path(".cache/jax")) -> None:
-    """Keeps compiled XLA programs on disk: a later run (or test) with the same shapes skips compilation."""
+    """Keeps compiled XLA programs on disk: a later run (or test) with the same shapes skips compilation.
+
+    Every program is kept, however quick to compile: a run compiles dozens of small ones (evaluation, checkpoint
+    slicing) that together cost seconds at each start, and on disk they take a few kilobytes each."""
     jax.config.update("jax_compilation_cache_dir", str(directory.resolve()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def ensure_init_checkpoint(path: str) -> Path:
