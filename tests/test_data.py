@@ -32,9 +32,7 @@ from data import (
 from data.input_pipeline import DEFAULT_NUM_BUCKETS
 from data.tfds_builders import BUILDERS, DEFAULT_SOURCE_DIR
 from bert_flax.tokenizer import Tokenizer
-from tests.helpers import devices_env
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, devices_env
 
 
 def _readme_rows() -> dict[str, int]:

@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import devices_env
+from tests.helpers import REPO, devices_env
 from train import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_flags(tiny_encoder, small_data, run_dir) -> list[str]:
