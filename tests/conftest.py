@@ -11,7 +11,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # last bits, and no test depends on that: every exact comparison has both sides compiled here.
 # Subprocesses inherit the flag (tests.helpers.devices_env keeps it). JAX's compilation cache (.cache/jax) keys on
 # XLA_FLAGS, so training runs never load the programs compiled here.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# Added once: pytest-xdist workers inherit it from the controller, which loads this file too.
+_NO_LLVM_OPTIMISATION = "--xla_backend_optimization_level=0"
+if _NO_LLVM_OPTIMISATION not in os.environ.get("XLA_FLAGS", "").split():
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_LLVM_OPTIMISATION}".strip()
 
 import pytest
 
