@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import DATA_DIR, REPO
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tiny_checkpoint(minilm_torch_dir, tmp_path_factory) -> Path:
 def small_task_data(tmp_path_factory) -> Path:
     """The first 64 rows of every task file, so that a training run evaluates quickly."""
     out = tmp_path_factory.mktemp("bench-data")
-    for path in (REPO / "data" / "cs224n").glob("*.csv"):
+    for path in (DATA_DIR).glob("*.csv"):
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         (out / path.name).write_text("".join(lines[:65]), encoding="utf-8")
     return out

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from data.tasks import DataError
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("sst_errors", REPO / "results" / "sst_errors.py")
 sst_errors = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sst_errors)
