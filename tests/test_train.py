@@ -632,3 +632,15 @@ def test_batch_not_divisible_by_devices_is_refused(tiny_encoder, small_data):
     result = run_script_on_devices(2, tiny_config(tiny_encoder, small_data, batch_size=7))
     assert result.returncode != 0
     assert "--batch-size 7 and --eval-batch-size 32 must divide by the device count 2" in result.stderr
+
+
+def test_compilation_cache_keeps_programs_that_compile_quickly(tmp_path):
+    """enable_compilation_cache writes every compiled program to disk, even one that compiles in milliseconds (a
+    fresh process: JAX sets up its cache once per process)."""
+    code = ("import sys, jax\nfrom pathlib import Path\nfrom train.loop import enable_compilation_cache\n"
+            "enable_compilation_cache(Path(sys.argv[1]))\n"
+            "jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], env=devices_env(1),
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "cache").iterdir())
