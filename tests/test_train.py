@@ -209,6 +209,25 @@ def test_rdrop_loss_matches_float64():
     assert 0.7 * kl[real].mean() / 2 > 0.1  # the KL term is far from zero here: the test tells it apart
 
 
+def test_sts_correlation_matches_scipy():
+    """The STS metric against scipy.stats.pearsonr: float32 scores of several scales and offsets, a perfect and a
+    reversed ranking, and nan for a constant prediction."""
+    import warnings
+
+    from scipy.stats import pearsonr
+
+    rng = np.random.default_rng(7)
+    labels = rng.uniform(0, 5, size=300)
+    for preds in (labels + rng.normal(scale=2.0, size=300), 1e4 + 1e-3 * labels + rng.normal(scale=1e-3, size=300),
+                  -labels, 2 * labels + 1):
+        preds = preds.astype(np.float32)
+        np.testing.assert_allclose(evaluate.task_metric("sts", preds, labels), pearsonr(preds, labels).statistic,
+                                   rtol=1e-12, atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(evaluate.task_metric("sts", np.full(300, 2.5, np.float32), labels))
+
+
 def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data):
     """With every dropout rate 0 the two passes agree, so the KL term and its gradient vanish and the R-Drop
     gradient is the plain one: the repeated rows are the same examples. With dropout (the same key) they differ,
