@@ -29,6 +29,7 @@ from data import (
     prefetch_to_device,
     read_rows,
 )
+from data import input_pipeline
 from data.input_pipeline import DEFAULT_NUM_BUCKETS
 from data.tfds_builders import BUILDERS, DEFAULT_SOURCE_DIR
 from bert_flax.tokenizer import Tokenizer
@@ -302,15 +303,22 @@ def test_token_cache_is_reused_and_keyed_by_max_length(tmp_path, monkeypatch):
     assert len(files) == 1
 
     def refuse(*args, **kwargs):
-        raise AssertionError("tokenized again despite the cache")
+        raise AssertionError("tokenized or read from TFDS again despite the cache")
 
+    rows = {split: load_split("sst", split, cache, sources) for split in ("train", "test")}
+    test = encode_split("sst", "test", data_dir=cache, source_dir=sources)
     monkeypatch.setattr(Tokenizer, "encode", refuse)
+    monkeypatch.setattr(input_pipeline, "load_split", refuse)
     again = encode_split("sst", "train", data_dir=cache, source_dir=sources)
     np.testing.assert_array_equal(again.input_ids, full.input_ids)
+    assert again.ids == full.ids == rows["train"].ids == ["t1", "t2"]
+    assert again.labels.dtype == rows["train"].labels.dtype and again.labels.tolist() == [1, 4]
+    test_again = encode_split("sst", "test", data_dir=cache, source_dir=sources)
+    assert test_again.ids == test.ids == rows["test"].ids == ["x1"] and test_again.labels is None
     monkeypatch.undo()
 
     short = encode_split("sst", "train", data_dir=cache, source_dir=sources, max_length=4)
-    assert len(list(files[0].parent.glob("*.npz"))) == 2
+    assert len(list(files[0].parent.glob("train-*.npz"))) == 2
     assert short.lengths.max() == 4 and full.lengths[0, :2].tolist() == [5, 5]
     np.testing.assert_array_equal(short.input_ids[0, :2, 3], [102, 102])  # [SEP] after truncation
 
