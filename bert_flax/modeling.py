@@ -7,6 +7,8 @@ PyTorch BertModel, so `encoder.layer.3.attention.self.query.weight` lives at
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -254,8 +256,24 @@ class BertPooler(nn.Module):
         return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(hidden[:, 0]))
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_layer(config: BertConfig, dtype, fused_attention: bool, deterministic: bool):
+    """(layer params, hidden, attention_bias, dropout rng or None) -> hidden, one jitted function per layer kind."""
+    layer = BertLayer(config, dtype, fused_attention)
+
+    def bert_layer(params, hidden, attention_bias, rng):
+        rngs = None if rng is None else {"dropout": rng}
+        return layer.apply({"params": params}, hidden, attention_bias, deterministic, rngs=rngs)
+
+    return jax.jit(bert_layer)
+
+
 class BertEncoder(nn.Module):
-    """The stack of transformer layers, named layer_0 ... layer_{N-1}."""
+    """The stack of transformer layers, named layer_0 ... layer_{N-1}.
+
+    Once initialized, every layer runs through one jitted function of its parameters: JAX traces (and
+    differentiates) a layer once per input shape instead of once per layer, and XLA inlines the calls, so
+    the compiled program is the same. Each layer draws its own dropout rng."""
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
@@ -263,9 +281,17 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, attention_bias, deterministic: bool):
-        for i in range(self.config.num_hidden_layers):
-            layer = BertLayer(self.config, self.dtype, self.fused_attention, name=f"layer_{i}")
-            hidden = layer(hidden, attention_bias, deterministic)
+        config = self.config
+        dropout = not deterministic and (config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0)
+        for i in range(config.num_hidden_layers):
+            name = f"layer_{i}"
+            if self.is_initializing():
+                hidden = BertLayer(config, self.dtype, self.fused_attention, name=name)(
+                    hidden, attention_bias, deterministic)
+            else:
+                layer = _jitted_layer(config, jnp.dtype(self.dtype), self.fused_attention, deterministic)
+                rng = self.make_rng("dropout") if dropout else None
+                hidden = layer(self.variables["params"][name], hidden, attention_bias, rng)
         return hidden
 
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 import transformers
 
-from bert_flax import BertModel, Tokenizer, from_pretrained
-from convert.pt_to_flax import convert_checkpoint
+from flax.traverse_util import flatten_dict
+
+from bert_flax import BertConfig, BertModel, Tokenizer, from_pretrained, load_config
+from convert.pt_to_flax import convert_checkpoint, state_dict_to_params
 from tests.helpers import task_sentences, torch_forward
 
 TOLERANCE = 1e-5  # max |difference|, float32
@@ -79,6 +81,49 @@ def test_random_weights_at_bert_shapes(minilm_torch_dir, tmp_path, shape):
     assert hidden_diff <= TOLERANCE and pooled_diff <= TOLERANCE
 
 
+def test_gradients_match_pytorch(minilm_torch_dir, tmp_path):
+    """Every parameter's gradient of a fixed random linear function of the hidden states and the pooler output,
+    against PyTorch's on the same random 3-layer weights (the layers run through one jitted function of their
+    parameters: each must still get its own gradient)."""
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=128)
+    torch_model = randomized_torch_bert(config, seed=1)
+    torch_model.save_pretrained(tmp_path / "torch")
+    (tmp_path / "torch" / "vocab.txt").write_bytes((minilm_torch_dir / "vocab.txt").read_bytes())
+    convert_checkpoint(tmp_path / "torch", tmp_path / "flax")
+    batch = real_batch(Tokenizer.from_pretrained(tmp_path / "flax"), pairs=True)
+    rng = np.random.default_rng(3)
+    hidden_weights = rng.normal(size=(*batch["input_ids"].shape, 64)).astype(np.float32)
+    hidden_weights *= batch["attention_mask"][..., None]  # padded positions' states are not compared
+    pooled_weights = rng.normal(size=(len(batch["input_ids"]), 64)).astype(np.float32)
+
+    out = torch_model(**{k: torch.from_numpy(np.asarray(v)).long() for k, v in batch.items()})
+    ((out.last_hidden_state * torch.from_numpy(hidden_weights)).sum()
+     + (out.pooler_output * torch.from_numpy(pooled_weights)).sum()).backward()
+    torch_grads = {name: p.grad.numpy() for name, p in torch_model.named_parameters()}
+    want, _ = state_dict_to_params(torch_grads, load_config(tmp_path / "flax"), "PyTorch gradients")
+
+    model, params = from_pretrained(tmp_path / "flax")
+
+    def objective(p):
+        out = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return (out["last_hidden_state"] * hidden_weights).sum() + (out["pooler_output"] * pooled_weights).sum()
+
+    got = flatten_dict(jax.jit(jax.grad(objective))(params))
+    want = flatten_dict(want)
+    assert sorted(got) == sorted(want)
+    for path, expected in want.items():
+        ours = np.asarray(got[path])
+        if path[-2:] == ("key", "bias"):
+            # Exactly zero: softmax ignores a shift that is the same for every key. Both are rounding noise,
+            # far below the gradient of the key kernel beside it.
+            kernel_scale = np.abs(want[(*path[:-1], "kernel")]).max()
+            assert max(np.abs(ours).max(), np.abs(expected).max()) <= 1e-6 * kernel_scale, path
+            continue
+        error = np.abs(ours - expected).max() / np.abs(expected).max()
+        assert error <= 1e-5, f"{'/'.join(path)}: max |difference| {error:.1e} of the largest gradient"
+
+
 def test_mean_pooled_embeddings_match_sentence_transformers(minilm_torch_dir, minilm_flax_dir):
     from sentence_transformers import SentenceTransformer
 
@@ -105,6 +150,19 @@ def test_dropout_is_off_by_default_and_on_when_asked(minilm_flax_dir):
     dropped = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": jax.random.key(0)})
     np.testing.assert_array_equal(first, again)
     assert np.abs(np.asarray(dropped["last_hidden_state"]) - np.asarray(first)).max() > 1e-2
+
+
+def test_the_layers_share_one_trace():
+    """The encoder's layers are calls of one jitted function, traced once for all of them (with dropout on)."""
+    config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    model, ids = BertModel(config), jax.numpy.ones((2, 8), jax.numpy.int32)
+    params = model.init(jax.random.key(0), ids)["params"]
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids, deterministic=False,
+                                                 rngs={"dropout": jax.random.key(1)}))(params)
+    calls = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "jit" and e.params["name"] == "bert_layer"]
+    assert len(calls) == 4 and len({id(e.params["jaxpr"]) for e in calls}) == 1
+    assert len({str(e.invars[-1]) for e in calls}) == 4  # each layer its own dropout rng
 
 
 def test_fused_attention_runs_the_einsum_path_under_attention_dropout(minilm_flax_dir):
