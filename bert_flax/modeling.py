@@ -272,8 +272,9 @@ class BertEncoder(nn.Module):
     """The stack of transformer layers, named layer_0 ... layer_{N-1}.
 
     Once initialized, every layer runs through one jitted function of its parameters: JAX traces (and
-    differentiates) a layer once per input shape instead of once per layer, and XLA inlines the calls, so
-    the compiled program is the same. Each layer draws its own dropout rng."""
+    differentiates) a layer once per input shape instead of once per layer. XLA inlines the calls: without
+    dropout the jitted outputs are bitwise those of calling each layer's module. Each layer draws its own
+    dropout rng at the encoder."""
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32

@@ -103,7 +103,9 @@ def test_bench_memory_tiny(tiny_checkpoint, small_task_data):
 
 
 def test_bench_trace_tiny(tiny_checkpoint):
-    result = run_script("bench_trace.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", "--repeats", "1")
+    result = run_script("bench_trace.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", "--repeats", "1",
+                        "--step-repeats", "1")
     assert result["benchmark"] == "trace" and result["traces"] == 3  # one batch of each task
     assert [row["variant"] for row in result["rows"]] == ["one jitted layer", "per-layer reference"]
-    assert all(row["trace_s"] > 0 for row in result["rows"]) and result["rows"][1]["vs_reference"] == 1.0
+    assert all(row["trace_s"] > 0 and row["run_median_s"] > 0 for row in result["rows"])
+    assert result["rows"][1]["vs_reference"] == result["rows"][1]["run_vs_reference"] == 1.0
