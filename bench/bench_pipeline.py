@@ -14,7 +14,6 @@ training waits for: target at least 10x). Prints a summary and one `JSON: ` line
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 import warnings
@@ -67,12 +66,9 @@ def train_rate(run, num_steps: int) -> dict:
     import jax
 
     from bench.bench_train import JaxTrainer
-    from train.config import TASKS
     from train.step import make_grad_fns
 
-    families = {TASKS[t]: t for t in run.config.tasks}
-    steps = [{families[name]: jax.device_put(b) for name, b in s.items()}
-             for s in itertools.islice(run.stream().epoch(0), num_steps)]
+    steps = [{task: jax.device_put(b) for task, b in s.items()} for s in common.load_steps(run, num_steps)]
     trainer = JaxTrainer(run, run.config, run.model, run.init_params(), make_grad_fns(run.model, run.config), "rbg")
     start = time.perf_counter()
     for batches in steps:  # compiles every shape (and the update) before timing

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     preset = None if args.preset in ("none", "") else args.preset
     run = common.load_run(preset, args.init_checkpoint, args.batch_size)
-    families = {common.family_of(t): t for t in run.config.tasks}
-    batches = [(families[f], b) for step in itertools.islice(run.stream().epoch(0), args.steps) for f, b in step.items()]
+    batches = [(task, b) for step in common.load_steps(run, args.steps) for task, b in step.items()]
     params = run.init_params()
     variants = {"one jitted layer": None, "per-layer reference": per_layer_encoder()}
     times = {name: [] for name in variants}

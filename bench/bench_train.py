@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import sys
 import time
 import traceback
@@ -154,13 +153,6 @@ class TorchTrainer:
 
 
 # --------------------------------------------------------------------------- benchmark
-
-
-def load_steps(run, count: int, start: int = 0) -> list[dict]:
-    """The first `count` steps (from `start`) of epoch 0 as {task: numpy batch}."""
-    families = {common.family_of(t): t for t in run.config.tasks}
-    stream = run.stream().epoch(0, start)
-    return [{families[f]: b for f, b in step.items()} for step in itertools.islice(stream, count)]
 
 
 def step_tokens(run, steps: list[dict]) -> dict:
@@ -359,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = None if args.preset in ("none", "") else args.preset
     run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout,
                           encoder_chunks=args.encoder_chunks)
-    steps = load_steps(run, args.steps, args.start_step)
+    steps = common.load_steps(run, args.steps, args.start_step)
     tokens = step_tokens(run, steps)
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
     rows, notes = [], {}

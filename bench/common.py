@@ -188,6 +188,15 @@ def family_of(task: str) -> str:
     return TASKS[task]
 
 
+def load_steps(run, count: int, start: int = 0) -> list[dict]:
+    """The first `count` steps (from `start`) of epoch 0 of the run's stream as {task: numpy batch}."""
+    import itertools
+
+    families = {family_of(t): t for t in run.config.tasks}
+    stream = run.stream().epoch(0, start)
+    return [{families[f]: b for f, b in step.items()} for step in itertools.islice(stream, count)]
+
+
 def task_mode(run, task: str) -> str:
     return run.data[task].mode
 
