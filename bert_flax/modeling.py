@@ -282,17 +282,17 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, attention_bias, deterministic: bool):
-        config = self.config
-        dropout = not deterministic and (config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0)
-        for i in range(config.num_hidden_layers):
-            name = f"layer_{i}"
-            if self.is_initializing():
+        config, names = self.config, [f"layer_{i}" for i in range(self.config.num_hidden_layers)]
+        if self.is_initializing():
+            for name in names:
                 hidden = BertLayer(config, self.dtype, self.fused_attention, name=name)(
                     hidden, attention_bias, deterministic)
-            else:
-                layer = _jitted_layer(config, jnp.dtype(self.dtype), self.fused_attention, deterministic)
-                rng = self.make_rng("dropout") if dropout else None
-                hidden = layer(self.variables["params"][name], hidden, attention_bias, rng)
+            return hidden
+        layer = _jitted_layer(config, jnp.dtype(self.dtype), self.fused_attention, deterministic)
+        dropout = not deterministic and (config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0)
+        for name in names:
+            rng = self.make_rng("dropout") if dropout else None
+            hidden = layer(self.variables["params"][name], hidden, attention_bias, rng)
         return hidden
 
 
