@@ -66,6 +66,8 @@ DEFAULT_POOL_BATCHES = 256
 STRATEGIES = ("resample", "min", "proportional", "annealed")
 # Bump when the layout or the content of the token cache files changes.
 _TOKEN_CACHE_FORMAT = 3
+# In every cache file's name; files without it (older formats, named before the tag existed) are removed.
+_TOKEN_CACHE_TAG = f"v{_TOKEN_CACHE_FORMAT}"
 # Token sequences stored per family kind; a mode reads some of them ("swapped": [CLS] b [SEP] a [SEP]).
 _MODE_SEQUENCES = {"single": ("s",), "bi": ("a", "b"), "cross": ("cross",), "swapped": ("swapped",)}
 
@@ -144,6 +146,14 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _remove_other_format_caches(cache_dir: Path) -> None:
+    """Deletes the token cache files of other cache formats, which this code never reads. Files of the current
+    format stay whatever their key: another max length or tokenizer may still be in use."""
+    for path in cache_dir.glob("*.npz"):
+        if path.name.split("-")[1:2] != [_TOKEN_CACHE_TAG]:
+            path.unlink(missing_ok=True)
+
+
 def _tokenize(rows, family, tokenizer: Tokenizer, max_length: int) -> dict[str, np.ndarray]:
     """Flat token arrays of every sequence kind of the family, in the cache file layout."""
     if family.is_pair:
@@ -189,7 +199,8 @@ def encode_split(
     tasks; `swapped=True` gives the cross encoding with the pair's sentences in
     the other order. Tokens are cached beside the prepared TFDS data, keyed by the
     vocab file's hash, the lowercase flag, `max_length` and the sources' checksum;
-    the cache of a pair task holds every encoding.
+    the cache of a pair task holds every encoding. Writing a cache file removes
+    the files of older cache formats beside it.
     """
     family = FAMILIES[task]
     mode = mode or ("cross" if family.is_pair else "single")
@@ -208,13 +219,14 @@ def encode_split(
         "source_sha256": builder.source_sha256,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_file = Path(builder.data_dir) / "tokenized" / f"{split}-{digest}.npz"
+    cache_file = Path(builder.data_dir) / "tokenized" / f"{split}-{_TOKEN_CACHE_TAG}-{digest}.npz"
     if not cache_file.exists():
         rows = load_split(task, split, data_dir, source_dir)
         # The rows' ids and labels are cached too: reading them back from TFDS costs about 0.1 ms a row.
         labels = {} if rows.labels is None else {"labels": rows.labels}
         _write_atomic(cache_file, {"row_ids": np.asarray(rows.ids, dtype=str), **labels,
                                    **_tokenize(rows, family, tokenizer, max_length)})
+        _remove_other_format_caches(cache_file.parent)
     with np.load(cache_file) as cached:
         ids, labels = cached["row_ids"].tolist(), cached["labels"] if "labels" in cached.files else None
         sequences = [

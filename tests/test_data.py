@@ -298,9 +298,14 @@ def test_broken_source_fails_preparation_with_data_error(tmp_path):
 
 def test_token_cache_is_reused_and_keyed_by_max_length(tmp_path, monkeypatch):
     sources, cache = _write_sst_sources(tmp_path / "src"), tmp_path / "cache"
+    cache_dir = Path(get_builder("sst", cache, sources).data_dir) / "tokenized"
+    cache_dir.mkdir()
+    # Files of earlier formats (named without a format tag, or with another one) are removed on the next write.
+    for stale in ("train-0123456789abcdef.npz", "dev-0123456789abcdef.npz", "test-v2-0123456789abcdef.npz"):
+        (cache_dir / stale).write_bytes(b"")
     full = encode_split("sst", "train", data_dir=cache, source_dir=sources)
-    files = sorted(Path(get_builder("sst", cache, sources).data_dir).glob("tokenized/*.npz"))
-    assert len(files) == 1
+    files = sorted(cache_dir.glob("*.npz"))
+    assert len(files) == 1 and files[0].name.startswith("train-v3-")
 
     def refuse(*args, **kwargs):
         raise AssertionError("tokenized or read from TFDS again despite the cache")
