@@ -39,7 +39,7 @@ from .config import TASKS, TrainConfig
 from .distributed import any_process, barrier, is_main_process, main_process_first
 from .evaluate import Predictor, overall_score, task_metric, write_predictions
 from .model import MultitaskBert
-from .step import TrainState, evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
+from .step import TrainState, evaluated_params, init_state, make_grad_fns, make_optimizer, make_update, train_step
 
 __all__ = ["RunError", "train", "evaluate_run", "load_run", "finish_run", "save_best", "read_metrics"]
 
@@ -458,13 +458,8 @@ def _run_epoch(run: Run, epoch, state, position, grad_fns, update, latest, inter
                disable=quiet or not is_main_process())
     for batches, examples in run.train_steps(epoch, first_step):
         global_step = position["global_step"]
-        key = jax.random.fold_in(base_key, global_step)
-        grads = []
-        for i, task in enumerate(tasks):
-            loss, task_grads = grad_fns[task](state.params, batches[task], jax.random.fold_in(key, i))
-            grads.append(task_grads)
-            pending.append((global_step, task, loss, examples[task]))
-        state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(tasks)))
+        state, losses, stats = train_step(state, batches, jax.random.fold_in(base_key, global_step), grad_fns, update)
+        pending.extend((global_step, task, losses[task], examples[task]) for task in tasks)
         if stats:
             pcgrad_stats.append((stats["num_conflicts"], stats["cosine"]))
         totals["examples"] += int(sum(p[3] for p in pending[-len(tasks):]))

@@ -23,7 +23,8 @@ from .model import MultitaskBert
 from .optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
 from .pcgrad import pcgrad
 
-__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "is_shared_param", "evaluated_params"]
+__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "train_step", "is_shared_param",
+           "evaluated_params"]
 
 # Parameters used by more than one task; everything else is one task's head.
 SHARED_MODULES = ("bert", "pair_shared")
@@ -100,6 +101,19 @@ def make_update(config: TrainConfig, tx: optax.GradientTransformation) -> Callab
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), stats
 
     return jax.jit(update, donate_argnums=(0,))
+
+
+def train_step(state: TrainState, batches: dict, key: jax.Array, grad_fns: dict[str, Callable],
+               update: Callable) -> tuple[TrainState, dict, dict]:
+    """One multi-task step: each task's gradient (in the order of `grad_fns`, task i's dropout from
+    fold_in(key, i)), then the update (its PCGrad key fold_in(key, number of tasks)). Returns the new state,
+    {task: loss} and the update's statistics, all still on the devices."""
+    losses, grads = {}, []
+    for i, (task, grad_fn) in enumerate(grad_fns.items()):
+        losses[task], task_grads = grad_fn(state.params, batches[task], jax.random.fold_in(key, i))
+        grads.append(task_grads)
+    state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(grads)))
+    return state, losses, stats
 
 
 def init_state(params, tx: optax.GradientTransformation) -> TrainState:
