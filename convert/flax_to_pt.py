@@ -1,14 +1,19 @@
-"""Write a Flax checkpoint directory back as a Hugging Face PyTorch directory.
+"""Write a Flax checkpoint directory back as a Hugging Face PyTorch directory: the encoder (BertModel) only.
 
     python convert/flax_to_pt.py --src checkpoints/minilm-l6 --out exported/minilm-l6
+    python convert/flax_to_pt.py --src runs/RUN --out exported/RUN      # a training run: its best_encoder/
 
 The output (model.safetensors + config.json + vocab.txt + tokenizer_config.json) loads with
-transformers' `BertModel.from_pretrained(out)`.
+transformers' `BertModel.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)`. A checkpoint
+directory holds the encoder alone: a training run's task heads (classifiers, regressor) are not exported.
+The output is written beside its destination and renamed into place once complete; an existing output
+directory is replaced only with --force.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -18,10 +23,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 from flax.traverse_util import flatten_dict
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from bert_flax.checkpoint import CheckpointError, from_pretrained
+from bert_flax.tokenizer import lower_case_setting
 from convert.mapping import flax_to_torch_name
+from convert.pt_to_flax import atomic_directory
 
 
 def params_to_state_dict(params) -> dict[str, np.ndarray]:
@@ -34,30 +41,53 @@ def params_to_state_dict(params) -> dict[str, np.ndarray]:
     return state
 
 
-def export_checkpoint(src: str | Path, out_dir: str | Path) -> Path:
-    """Exports a converted or fine-tuned Flax checkpoint directory as a Hugging Face PyTorch directory."""
+def run_encoder_dir(src: Path) -> Path:
+    """The checkpoint directory to export for `src`: RUN/best_encoder for a training run directory (config.json
+    and best_encoder/ inside), else `src` itself."""
+    if (src / "config.json").is_file() and (src / "best_encoder").is_dir():
+        return src / "best_encoder"
+    return src
+
+
+def export_checkpoint(src: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Exports a converted or fine-tuned Flax checkpoint directory as a Hugging Face PyTorch directory.
+
+    Refuses an existing `out_dir` unless `force`. tokenizer_config.json carries model_max_length (the model's
+    max_position_embeddings), so transformers' tokenizers truncate to what the model accepts.
+    """
     src, out_dir = Path(src), Path(out_dir)
+    if out_dir.exists() and not force:
+        raise CheckpointError(f"{out_dir}: already exists (pass --force to replace it)")
     model, params = from_pretrained(src)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(params_to_state_dict(params), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    model.config.to_json_file(out_dir / "config.json")
-    for name in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copyfile(src / name, out_dir / name)
+    vocab = (src / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokenizer_config = {"do_lower_case": lower_case_setting(src, vocab),
+                        "model_max_length": model.config.max_position_embeddings}
+    with atomic_directory(out_dir) as tmp:
+        # Written through an ordinary file, not safetensors' save_file: that makes the file private (0600).
+        (tmp / "model.safetensors").write_bytes(save(params_to_state_dict(params), metadata={"format": "pt"}))
+        model.config.to_json_file(tmp / "config.json")
+        shutil.copyfile(src / "vocab.txt", tmp / "vocab.txt")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config) + "\n")
     return out_dir
 
 
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help="Flax checkpoint directory (config.json, vocab.txt, params/)")
+    parser.add_argument("--src", required=True,
+                        help="Flax checkpoint directory (config.json, vocab.txt, params/) or a training run directory")
     parser.add_argument("--out", required=True, help="output directory for the PyTorch checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
+    src = run_encoder_dir(Path(args.src))
+    if src != Path(args.src):
+        print(f"{args.src} is a training run directory: exporting its encoder {src}")
     try:
-        out_dir = export_checkpoint(args.src, args.out)
+        out_dir = export_checkpoint(src, args.out, args.force)
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {out_dir / 'model.safetensors'}")
+    print(f"wrote {out_dir}: the encoder (BertModel) only, without task heads")
     return 0
 
 
