@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from train.optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
+from train.optim import (adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema,
+                         warmup_schedule, with_clipping)
 
 _rng = np.random.default_rng(0)
 X = _rng.normal(size=(64, 5))
@@ -21,6 +22,19 @@ def warmup_linear_decay(count, xp=jnp):
     """1e-2 peak, 100 warm-up steps, linear decay to 0.5e-2 at step 1000."""
     t = xp.asarray(count, float)
     return 1e-2 * xp.minimum(1.0, (t + 1) / 100) * (1 - t / 2000)
+
+
+def hf_warmup_rate(t, lr, warmup, total, decay):
+    """Hugging Face's get_{constant,linear}_schedule_with_warmup at 0-based step t, in Python floats."""
+    if t < warmup:
+        return lr * t / warmup
+    return lr if decay == "constant" else lr * max(0.0, (total - t) / (total - warmup))
+
+
+def numpy_clip(g, max_norm):
+    """g times min(1, max_norm / ||g||), the norm over all leaves of the dict g together, float64."""
+    norm = np.sqrt(sum(np.sum(np.square(x)) for x in g.values()))
+    return {k: x * min(1.0, max_norm / norm) for k, x in g.items()}
 
 
 def numpy_grad(p, loss_scale=1.0):
@@ -35,17 +49,25 @@ def jax_loss(p, loss_scale=1.0):
 
 
 def reference_adamw(steps, every, lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-                    correct_bias=True, mask=None, loss_scale=1.0, lr_scales=None):
+                    correct_bias=True, mask=None, loss_scale=1.0, lr_scales=None, warmup=None, clip=0.0):
     """The CS224N optimizer.py step, in float64 NumPy, each parameter at the learning rate times its factor in
-    `lr_scales` (1 if None); parameters every `every` steps."""
+    `lr_scales` (1 if None); parameters every `every` steps. `warmup` = (warmup steps, total steps, decay)
+    schedules the rate as Hugging Face does (`hf_warmup_rate`); `clip` > 0 clips the gradient to that global
+    norm first."""
     p = {k: v.copy() for k, v in INIT.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
     snapshots = []
     for t in range(1, steps + 1):
         g = numpy_grad(p, loss_scale)
+        if clip:
+            g = numpy_clip(g, clip)
         for k in p:
-            rate = (lr(t - 1, np) if callable(lr) else lr) * (1.0 if lr_scales is None else lr_scales[k])
+            if warmup:
+                rate = hf_warmup_rate(t - 1, lr, *warmup)
+            else:
+                rate = lr(t - 1, np) if callable(lr) else lr
+            rate *= 1.0 if lr_scales is None else lr_scales[k]
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k]
             alpha = rate * np.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else rate
@@ -103,11 +125,16 @@ CASES = {
     "lr_scales": dict(lr=1e-2, weight_decay=0.1, lr_scales={"w": 0.5, "b": 0.25}),
     "lr_scales_mask_schedule": dict(lr=warmup_linear_decay, weight_decay=0.1, mask={"w": False, "b": True},
                                     lr_scales={"w": 0.5, "b": 0.25}),
+    "warmup_constant": dict(lr=1e-2, weight_decay=0.1, warmup=(100, 1000, "constant")),
+    "warmup_linear": dict(lr=1e-2, weight_decay=0.1, warmup=(100, 1000, "linear")),
+    # The gradient's norm starts at 2.6 and falls below 1 after about 100 steps: both sides of the clip.
+    "clip": dict(lr=1e-2, weight_decay=0.1, clip=1.0),
+    "clip_warmup_linear": dict(lr=1e-2, weight_decay=0.1, warmup=(100, 1000, "linear"), clip=1.0),
 }
 
 
-def make_adamw(lr, mask=None, **kw):
-    return adamw(lr, decay_mask=mask, **kw)
+def make_adamw(lr, mask=None, warmup=None, clip=0.0, **kw):
+    return with_clipping(adamw(warmup_schedule(lr, *warmup) if warmup else lr, decay_mask=mask, **kw), clip)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -130,11 +157,13 @@ def test_float64_chain_matches_reference(case):
         assert max_diff(r, g) < 1e-12
 
 
+@pytest.mark.parametrize("case", ["decay", "clip_warmup_linear"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_params_ema_matches_float64_average_of_the_trajectory(dtype):
-    """track_params_ema after AdamW: every 100 steps, the debiased average equals sum_s (1 - d) d^(t-s) p_s /
-    (1 - d^t) over the float64 reference's parameters p_1 .. p_t, and the parameters themselves are unchanged."""
-    decay, kw = 0.99, CASES["decay"]
+def test_params_ema_matches_float64_average_of_the_trajectory(dtype, case):
+    """track_params_ema after AdamW (with clipping in front of it in the second case): every 100 steps, the
+    debiased average equals sum_s (1 - d) d^(t-s) p_s / (1 - d^t) over the float64 reference's parameters
+    p_1 .. p_t, and the parameters themselves are unchanged."""
+    decay, kw = 0.99, CASES[case]
     trajectory = reference_adamw(1000, 1, **kw)
     want = []
     for t in range(100, 1001, 100):
@@ -151,12 +180,94 @@ def test_params_ema_matches_float64_average_of_the_trajectory(dtype):
     assert max_diff(want[0], trajectory[99]) > 100 * tolerance
 
 
+def test_params_ema_reads_the_average_wherever_clipping_sits():
+    """Clipping in front of the AdamW chain or of the whole chain, the moving average included: params_ema reads
+    the same average out of either optimizer state (they nest the tracker's state at different positions)."""
+    decay, kw = 0.99, CASES["clip_warmup_linear"]
+    inner = optax.chain(make_adamw(**kw), track_params_ema(decay))
+    outer = with_clipping(optax.chain(make_adamw(**{**kw, "clip": 0.0}), track_params_ema(decay)), kw["clip"])
+    read = lambda p, state: params_ema(state, decay)  # noqa: E731
+    a, b = run_optax(inner, 20, 20, read=read)[-1], run_optax(outer, 20, 20, read=read)[-1]
+    assert max_diff(a, b) == 0.0
+
+
 def test_cases_are_distinct():
     """Each option moves the trajectory far beyond the fp32 tolerance above."""
     finals = [reference_adamw(1000, 1000, **kw)[-1] for kw in CASES.values()]
     for i in range(len(finals)):
         for j in range(i):
             assert max_diff(finals[i], finals[j]) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("decay", ["constant", "linear"])
+def test_warmup_schedule_at_every_step(decay, dtype):
+    """3 warm-up steps of 8, and 3 steps past the end: Hugging Face's rate at each 0-based step."""
+    lr, warmup, total = 2e-3, 3, 8
+    with jax.enable_x64(dtype == jnp.float64):
+        schedule = warmup_schedule(lr, warmup, total, decay)
+        got = [schedule(jnp.asarray(t, jnp.int32)) for t in range(total + 3)]
+    want = [hf_warmup_rate(t, lr, warmup, total, decay) for t in range(total + 3)]
+    assert all(g.dtype == dtype for g in got)
+    np.testing.assert_allclose(np.array(got, np.float64), want, rtol=1e-6 if dtype == jnp.float32 else 1e-15,
+                               atol=0)
+
+
+def test_warmup_schedule_without_warmup_is_the_schedule_without_it():
+    """Warm-up 0: the Python float for "constant", optax.linear_schedule's values bit for bit for "linear" (over
+    13 steps, where lr * (13 - t) / 13 in float32 rounds differently from it at 7 steps)."""
+    lr, total = 2e-3, 13
+    assert warmup_schedule(lr, 0, total, "constant") is lr
+    linear, today = warmup_schedule(lr, 0, total, "linear"), optax.linear_schedule(lr, 0.0, total)
+    for t in range(total + 3):
+        count = jnp.asarray(t, jnp.int32)
+        assert np.asarray(linear(count)).tobytes() == np.asarray(today(count)).tobytes()
+        np.testing.assert_allclose(float(linear(count)), lr * max(0.0, (total - t) / total), rtol=1e-6)
+    for bad in [dict(warmup_steps=-1), dict(warmup_steps=total), dict(decay="cosine")]:
+        with pytest.raises(ValueError, match="warmup_schedule"):
+            warmup_schedule(**{"lr": lr, "warmup_steps": 3, "total_steps": total, "decay": "linear", **bad})
+
+
+def test_warmup_first_updates_match_reference_step_by_step():
+    """Update k steps at lr * (k - 1) / warmup: the first leaves the parameters as they are, then each of the
+    6 updates (4 of warm-up, 2 of decay) matches the float64 reference."""
+    kw = dict(lr=1e-2, weight_decay=0.1, warmup=(4, 6, "linear"))
+    ref = reference_adamw(6, 1, **kw)
+    with jax.enable_x64(True):
+        got = run_optax(make_adamw(**kw), 6, 1, dtype=jnp.float64)
+    assert max_diff(got[0], INIT) == 0.0
+    assert max_diff(got[1], INIT) > 1e-4
+    for r, g in zip(ref, got):
+        assert max_diff(r, g) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_clipping_scales_by_the_norm_of_the_whole_pytree(dtype):
+    """Leaf norms 5 and 12, global norm 13: a threshold of 10 scales both leaves by 10/13 (a per-leaf clip would
+    leave the first alone); 13 and above leave the gradient as it is (up to rounding at 13); and a random pytree
+    of three leaves is clipped as the float64 NumPy statement says, above and below its norm."""
+    def clip(g, max_norm):
+        tx = with_clipping(optax.identity(), max_norm)
+        updates, _ = tx.update(g, tx.init(g))
+        return {k: np.asarray(u, np.float64) for k, u in updates.items()}
+
+    with jax.enable_x64(dtype == jnp.float64):
+        known = {"a": jnp.asarray([3.0, 4.0], dtype), "b": jnp.asarray([[12.0]], dtype)}
+        np.testing.assert_allclose(clip(known, 10.0)["a"], [30 / 13, 40 / 13], rtol=1e-6)
+        np.testing.assert_allclose(clip(known, 10.0)["b"], [[120 / 13]], rtol=1e-6)
+        plain = {"a": np.array([3.0, 4.0]), "b": np.array([[12.0]])}
+        assert max_diff(clip(known, 26.0), plain) == 0.0
+        assert max_diff(clip(known, 13.0), plain) < 1e-6  # scaled by 13 / 13, rounded
+        rng = np.random.default_rng(1)
+        g = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3), "s": rng.normal(size=())}
+        norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
+        for max_norm in [0.25 * norm, 0.9 * norm, 1.5 * norm]:
+            got = clip({k: jnp.asarray(x, dtype) for k, x in g.items()}, max_norm)
+            assert max_diff(got, numpy_clip(g, max_norm)) < (1e-6 if dtype == jnp.float32 else 1e-15)
+    tx = adamw(1e-2)
+    assert with_clipping(tx, 0.0) is tx
+    with pytest.raises(ValueError, match="max_norm"):
+        with_clipping(tx, -1.0)
 
 
 def test_decay_mask_no_layernorm_bias():

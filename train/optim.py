@@ -202,6 +202,52 @@ def _decay_factors(decay_mask, lr_scales) -> Callable[[Any], Any] | None:
     return factors
 
 
+def warmup_schedule(
+    lr: float, warmup_steps: int, total_steps: int, decay: str = "constant"
+) -> optax.ScalarOrSchedule:
+    """The learning rate for ``adamw``: a linear warm-up over ``warmup_steps`` updates, then ``decay``.
+
+    As Hugging Face's ``get_linear_schedule_with_warmup`` (and ``get_constant_schedule_with_warmup``), the
+    rate at the 0-based update count ``t`` is ``lr * t / warmup_steps`` for ``t < warmup_steps``, then ``lr``
+    ("constant") or ``lr * (total_steps - t) / (total_steps - warmup_steps)``, reaching 0 at ``total_steps``
+    ("linear"). ``adamw`` calls it with the count of updates already made, so update ``k = 1, 2, ...`` steps
+    at ``lr * (k - 1) / warmup_steps``: the first update moves only Adam's moments, as in a torch run whose
+    scheduler steps after each ``optimizer.step()``. With ``warmup_steps == 0`` this is the Python float
+    ``lr`` or ``optax.linear_schedule(lr, 0.0, total_steps)``: the schedules without warm-up, unchanged.
+    """
+    if decay not in ("constant", "linear"):
+        raise ValueError(f"warmup_schedule: decay must be 'constant' or 'linear', not {decay!r}")
+    if warmup_steps == 0:
+        return lr if decay == "constant" else optax.linear_schedule(lr, 0.0, total_steps)
+    if not 0 < warmup_steps < total_steps:
+        raise ValueError(f"warmup_schedule: warmup_steps must be in [0, total_steps), got {warmup_steps} of "
+                         f"{total_steps}")
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.result_type(float))
+        factor = jnp.minimum(t / warmup_steps, 1.0)
+        if decay == "linear":
+            # Before the peak the decay line lies above 1, so the minimum is the warm-up line.
+            factor = jnp.maximum(jnp.minimum(factor, (total_steps - t) / (total_steps - warmup_steps)), 0.0)
+        return lr * factor
+
+    return schedule
+
+
+def with_clipping(tx: optax.GradientTransformation, max_norm: float) -> optax.GradientTransformation:
+    """``tx`` applied to the gradients scaled by ``min(1, max_norm / ||g||)``, ``||g||`` the L2 norm over every
+    leaf of the pytree together (``optax.clip_by_global_norm``); ``tx`` itself if ``max_norm`` is 0.
+
+    Clipping the combined gradient (after the sum or PCGrad) keeps one outlier batch from inflating Adam's
+    second moment, which would shrink the steps after it. The clip keeps no state (``optax.EmptyState``) and
+    ``params_ema`` finds the moving average by its type, so a ``track_params_ema`` after ``tx`` reads out the
+    same way with or without it.
+    """
+    if max_norm < 0:
+        raise ValueError(f"with_clipping: max_norm must be >= 0, got {max_norm}")
+    return optax.chain(optax.clip_by_global_norm(max_norm), tx) if max_norm else tx
+
+
 def _key_name(key) -> Any:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
