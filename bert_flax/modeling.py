@@ -18,7 +18,8 @@ from .config import BertConfig
 __all__ = ["BertModel", "Dropout"]
 
 _ACTIVATIONS = {
-    # Written with erf: jax.nn.gelu(approximate=False) lowers to erfc, ~4% slower per step on CPU.
+    # Written with erf: jax.nn.gelu(approximate=False) lowers to erfc, which XLA:CPU runs more slowly
+    # (docs/benchmarks.md).
     "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x / jnp.sqrt(2.0).astype(x.dtype))),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -28,8 +29,8 @@ _ACTIVATIONS = {
 
 def _physical_transpose(matrix: jax.Array) -> jax.Array:
     """matrix.T as a real copy. XLA folds a plain transpose into the dot that reads it as a layout, and XLA:CPU
-    runs a bfloat16 dot whose left operand contracts over its first dimension (a weight gradient, x.T @ dy) at
-    about a third of the speed of the other form (docs/benchmarks.md): the flat copy behind an optimization
+    runs a bfloat16 dot whose left operand contracts over its first dimension (a weight gradient, x.T @ dy) far
+    more slowly than the other form (figures in docs/benchmarks.md): the flat copy behind an optimization
     barrier keeps the transposed order in memory."""
     rows, cols = matrix.shape
     return jax.lax.optimization_barrier(matrix.T.reshape(-1)).reshape(cols, rows)
@@ -103,10 +104,9 @@ class Dropout(nn.Module):
     values are divided by that exact keep probability.
 
     Why not jax.random.bits per element: XLA:CPU's random bit generator runs as a separate loop that writes
-    every word to memory (about 5 ns a word here), where the hash is a few integer operations that XLA fuses
-    into the select that applies the mask: a 928 x 1536 mask with its select costs an eighth as much
-    (docs/benchmarks.md). The two hash rounds keep masks under different keys unrelated (one round would
-    make them shifted copies of each other)."""
+    every word to memory, where the hash is a few integer operations that XLA fuses into the select that
+    applies the mask (timings in docs/benchmarks.md). The two hash rounds keep masks under different keys
+    unrelated (one round would make them shifted copies of each other)."""
 
     rate: float
 
@@ -179,8 +179,8 @@ class BertSelfAttention(nn.Module):
             attended = jnp.broadcast_to(attention_bias == 0, (hidden.shape[0], 1, length, length))
             context = jax.nn.dot_product_attention(query, key, value, mask=attended, implementation="cudnn")
         else:
-            # With the heads leading, the two attention products are plain batched matrix products; XLA:CPU
-            # runs them about twice as fast as with the heads in the middle.
+            # With the heads leading, the two attention products are plain batched matrix products, which
+            # XLA:CPU runs faster than with the heads in the middle (docs/benchmarks.md).
             query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))
             scores = jnp.einsum("bhqd,bhkd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
             # Softmax in float32 even when computing in bfloat16.
