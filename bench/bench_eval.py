@@ -12,8 +12,10 @@ data.length_sorted_batches makes them, with padding rows dropped and each senten
 and b apart) cut to its longest sentence. JAX runs once untimed (it compiles its shapes),
 PyTorch one batch; then each side runs `--repeats` times timed, alternating. Reports sentences
 per second (a bi-encoded pair is two sentences), the ratio, tokens fed over real tokens,
-forward GFLOP/s on real tokens (2N tokens + 4 layers hidden L^2), and how far the predictions
-agree.
+forward GFLOP/s on real tokens (2N tokens + 4 layers hidden L^2) and their share of the GEMM
+peak of the same library and dtype (measured by the same process before the timed runs,
+bench/peak.py: a ratio to PyTorch depends on the CPU, a share of the peak says how close the
+forward comes to the hardware), and how far the predictions agree.
 Prints a table and one `JSON: ` line.
 """
 
@@ -30,21 +32,22 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench import common  # noqa: E402
+from bench import common, peak  # noqa: E402
 
 
 def torch_predictions(outputs, task: str, config) -> np.ndarray:
     """train/losses.py predictions() on PyTorch outputs."""
     import torch
 
-    outputs = outputs.float()
-    if task in ("sst", "cfimdb"):
+    outputs, spec = outputs.float(), config.spec(task)
+    if spec.has_class_logits:
         return outputs.argmax(-1).numpy()
-    if task == "para":
+    if not spec.is_regression:
         return (outputs > 0).int().numpy()
-    if config.sts_head == "linear" and config.sts_target == "binary":
-        return (5.0 * torch.sigmoid(outputs)).numpy()
-    return torch.clamp(5.0 * outputs, 0.0, 5.0).numpy()
+    low, high = spec.label_range
+    if config.regression_head_of(task) == "linear" and config.regression_target_of(task) == "binary":
+        return (low + (high - low) * torch.sigmoid(outputs)).numpy()
+    return torch.clamp(low + (high - low) * outputs, low, high).numpy()
 
 
 def spread(encoded, count: int):
@@ -61,6 +64,12 @@ def spread(encoded, count: int):
     )
 
 
+def gflops_fields(side: str, flops: float, seconds: float, peaks: dict, dtype: str) -> dict:
+    """A side's ("jax", "torch") GFLOP/s on real tokens and its share of the GEMM peak of its library and dtype."""
+    gflops = flops / seconds / 1e9
+    return {f"{side}_gflops_real": gflops, f"{side}_peak_share": gflops / peaks["gflops"][side][dtype]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="dev")
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     common.add_encoder_chunks_argument(parser)
+    peak.add_arguments(parser)
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
@@ -92,13 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
     config = run.config
     params = run.init_params()
     torch_model = None if args.skip_torch else common.make_torch_model(run, params, args.torch_attn).eval()
+    peaks = peak.gemm_peaks(["jax"] if torch_model is None else ["jax", "torch"], [args.dtype],
+                            args.peak_size, args.peak_repeats)
 
     def autocast():
         import contextlib
 
         return torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
 
-    rows, per_task = [], {}
+    rows, per_task, total_flops = [], {}, 0.0
     for task in tasks:
         data = run.data[task]
         mode = data.mode
@@ -137,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         ours, theirs = outputs["jax"], outputs.get("torch")
         seconds = {side: min(t) for side, t in times.items() if t}
         flops = common.encoder_flops(run.bert_config, real, train=False)
+        total_flops += flops
         entry = {
             "mode": mode,
             "examples": len(encoded),
@@ -147,17 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
             "jax_seconds": round(seconds["jax"], 4),
             "jax_sentences_per_s": sentences / seconds["jax"],
             "jax_fed_over_real": float(fed.sum() / real.sum()),
-            "jax_gflops_real": flops / seconds["jax"] / 1e9,
+            **gflops_fields("jax", flops, seconds["jax"], peaks, args.dtype),
         }
         if torch_model is not None:
             entry.update({
                 "torch_seconds": round(seconds["torch"], 4),
                 "torch_sentences_per_s": sentences / seconds["torch"],
                 "torch_fed_over_real": float(longest.sum() / real.sum()),
-                "torch_gflops_real": flops / seconds["torch"] / 1e9,
+                **gflops_fields("torch", flops, seconds["torch"], peaks, args.dtype),
                 "jax_over_torch": seconds["torch"] / seconds["jax"],
             })
-            if task == "sts":
+            if run.config.spec(task).is_regression:
                 entry["max_abs_diff"] = float(np.abs(ours - theirs).max())
             else:
                 entry["agreement"] = float(np.mean(ours == theirs))
@@ -167,16 +180,19 @@ def main(argv: list[str] | None = None) -> dict:
     total_s = {k: sum(e[f"{k}_seconds"] for e in per_task.values())
                for k in ("jax", "torch") if torch_model is not None or k == "jax"}
     sentences = sum(e["sentences"] for e in per_task.values())
-    overall = {"sentences": sentences, "jax_sentences_per_s": sentences / total_s["jax"]}
+    overall = {"sentences": sentences, "jax_sentences_per_s": sentences / total_s["jax"],
+               **gflops_fields("jax", total_flops, total_s["jax"], peaks, args.dtype)}
     if "torch" in total_s:
         overall.update(torch_sentences_per_s=sentences / total_s["torch"],
-                       jax_over_torch=total_s["torch"] / total_s["jax"])
+                       jax_over_torch=total_s["torch"] / total_s["jax"],
+                       **gflops_fields("torch", total_flops, total_s["torch"], peaks, args.dtype))
     rows.append({"task": "all", **overall})
 
     info = common.machine_info()
     info["load_average_before"] = load_before
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
           f"{load_before} before / {info['load_average']} after")
+    print(peak.describe(peaks))
     print(f"split {args.split}, eval batch {args.eval_batch_size}, preset {preset}, {args.dtype}, "
           f"up to {args.max_examples or 'all'} examples per task, best of {args.repeats}")
     common.print_table(rows, [
@@ -184,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("jax_sentences_per_s", "jax sent/s", ".1f"), ("torch_sentences_per_s", "torch sent/s", ".1f"),
         ("jax_over_torch", "jax/torch", ".2f"), ("jax_fed_over_real", "jax fed/real", ".3f"),
         ("torch_fed_over_real", "torch fed/real", ".3f"), ("jax_gflops_real", "jax GFLOP/s", ".1f"),
-        ("torch_gflops_real", "torch GFLOP/s", ".1f"), ("jax_warmup_s", "jax warm-up s", ".1f"),
+        ("torch_gflops_real", "torch GFLOP/s", ".1f"), ("jax_peak_share", "jax % peak", ".1%"),
+        ("torch_peak_share", "torch % peak", ".1%"), ("jax_warmup_s", "jax warm-up s", ".1f"),
         ("agreement", "agree", ".4f"), ("max_abs_diff", "max |diff|", ".1e"),
     ])
     result = {
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": preset,
         "dtype": args.dtype,
         "encoder_chunks": run.model.encoder_chunks,
+        "peak": peaks,
         "tasks": per_task,
         "all": overall,
     }

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from data.tasks import registry  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 
 
@@ -66,9 +67,9 @@ def run(pair_mode: str, epochs: int, batch_size: int, num_buckets: int, pool_bat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MalformedRowWarning)
         tasks = [
-            TaskData(name, mode=None if name == "sst" else pair_mode, batch_size=batch_size,
+            TaskData(name, mode=pair_mode if registry()[name].is_pair else None, batch_size=batch_size,
                      num_buckets=num_buckets, max_length=max_length)
-            for name in ("sst", "quora", "sts")
+            for name in ("sst", "para", "sts")
         ]
     stream = MultiTaskStream(tasks, strategy=strategy, num_examples=samples, num_epochs=epochs, seed=seed,
                              pool_batches=pool_batches)
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for result in results:
         for name, t in list(result["tasks"].items()) + [("all", result["all"])]:
+            pair = name == "all" or registry()[name].is_pair
             rows.append({
-                "task": f"{name} ({'single' if name == 'sst' else result['pair_mode']})" if name != "all"
-                        else f"all ({result['pair_mode']})",
+                "task": f"{name} ({result['pair_mode'] if pair else 'single'})",
                 "real": t["real_tokens"], "bucketed": t["bucketed_ratio"], "longest": t["longest_ratio"],
-                "per_side": t["longest_per_side_ratio"] if result["pair_mode"] == "bi" and name != "sst" else None,
+                "per_side": t["longest_per_side_ratio"] if result["pair_mode"] == "bi" and pair else None,
             })
     print(f"tokens fed / real tokens, {args.epochs} epoch(s) of the '{args.strategy}' stream, batch {args.batch_size} "
           f"per task, {args.num_buckets} buckets, pools of {args.pool_batches} batches, {args.samples_per_task} "

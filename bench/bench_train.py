@@ -15,8 +15,12 @@ takes one gradient per task and projects them (as the JAX step does).
 
 Every shape of the timed steps is compiled (JAX) or run once (PyTorch) before timing,
 and that warm-up is reported apart. Variants run interleaved step by step (the order
-rotating), so load from other processes hits them alike; compare the ratios. Prints a
-table and one `JSON: ` line. FLOP formulas: bench/common.py and docs/benchmarks.md.
+rotating), so load from other processes hits them alike; compare the ratios. Before the
+steps, the same process measures its own GEMM peak per library and dtype (bench/peak.py),
+and each variant's GFLOP/s is also given as a share of the peak of its library and dtype:
+a ratio to PyTorch depends on the CPU, a share of the peak says how close the step comes
+to the hardware. Prints a table and one `JSON: ` line. FLOP formulas: bench/common.py and
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench import common  # noqa: E402
+from bench import common, peak  # noqa: E402
 
 
 # --------------------------------------------------------------------------- JAX side
 
 
 class JaxTrainer:
-    """The training loop's step (train/loop.py _run_epoch) for one configuration, blocking at the end."""
+    """The training loop's step (train/step.py train_step, keyed as train/loop.py keys it) for one
+    configuration, blocking at the end."""
 
     def __init__(self, run, config, model, params, grad_fns, key_impl: str):
         import jax
@@ -49,7 +54,6 @@ class JaxTrainer:
         from train.step import init_state, make_optimizer, make_update
 
         tx = make_optimizer(config, run.total_steps())
-        self.tasks = config.tasks
         self.grad_fns = grad_fns
         self.update = make_update(config, tx)
         self.state = init_state(jax.tree_util.tree_map(lambda x: x.copy(), params), tx)
@@ -59,15 +63,17 @@ class JaxTrainer:
     def step(self, batches: dict) -> None:
         import jax
 
+        from train.step import train_step
+
         key = jax.random.fold_in(self.base_key, self.count)
-        grads = []
-        for i, task in enumerate(self.tasks):
-            _, task_grads = self.grad_fns[task](self.state.params, batches[task], jax.random.fold_in(key, i))
-            grads.append(task_grads)
-        self.state, _ = self.update(self.state, tuple(grads), jax.random.fold_in(key, len(self.tasks)))
+        self.state, _, _ = train_step(self.state, batches, key, self.grad_fns, self._keeping_update)
         jax.block_until_ready(self.state.params)
-        self.last_grads = tuple(grads)
         self.count += 1
+
+    def _keeping_update(self, state, task_grads: tuple, key):
+        """The update, keeping its gradients for `time_update`."""
+        self.last_grads = task_grads
+        return self.update(state, task_grads, key)
 
     def time_update(self) -> float:
         """Seconds of one update (combination + AdamW) on the last step's gradients, alone."""
@@ -175,7 +181,9 @@ def shapes_of(batches: dict) -> tuple:
     return tuple(sorted((t, np.asarray(b["input_ids"]).shape) for t, b in batches.items()))
 
 
-def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], dict]:
+def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple[list[dict], dict]:
+    """Rows of every variant in one dtype, and notes; each row gets its share of the GEMM peak of its
+    library and dtype in `peaks` (bench/peak.py gemm_peaks)."""
     import jax
     import jax.numpy as jnp
 
@@ -288,6 +296,8 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
         key = "fed" if framework == "jax" else "longest"
         fed_tokens = sum(int(t[key].sum()) for t in tokens)
         fed_flops = sum(common.encoder_flops(run.bert_config, t[key]) for t in tokens)
+        gflops_real, gflops_fed = real_flops / seconds / 1e9, fed_flops / seconds / 1e9
+        peak_gflops = peaks["gflops"][framework][dtype_name]
         rows.append({
             "variant": f"{name} {dtype_name}",
             "name": name, "kind": kind, "framework": framework, "dtype": dtype_name,
@@ -299,8 +309,11 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str) -> tuple[list[dict], 
             "tokens_fed": fed_tokens,
             "real_tokens": real_tokens,
             "fed_over_real": fed_tokens / real_tokens,
-            "gflops_real": real_flops / seconds / 1e9,
-            "gflops_fed": fed_flops / seconds / 1e9,
+            "gflops_real": gflops_real,
+            "gflops_fed": gflops_fed,
+            "peak_gflops": peak_gflops,
+            "peak_share": gflops_real / peak_gflops,
+            "peak_share_fed": gflops_fed / peak_gflops,
         })
     by_name = {r["name"]: r for r in rows}
     for r in rows:
@@ -335,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prng", default="rbg", choices=("rbg", "threefry2x32", "unsafe_rbg"),
                         help="JAX dropout key implementation (train/loop.py uses rbg)")
     common.add_encoder_chunks_argument(parser)
+    peak.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores XLA uses)")
     parser.add_argument("--no-check", action="store_true", help="skip the deterministic loss check")
     parser.add_argument("--no-compile-cache", action="store_true",
@@ -354,9 +368,11 @@ def main(argv: list[str] | None = None) -> dict:
     steps = common.load_steps(run, args.steps, args.start_step)
     tokens = step_tokens(run, steps)
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    libraries = ["jax"] if args.skip_torch else ["jax", "torch"]
+    peaks = peak.gemm_peaks(libraries, dtypes, args.peak_size, args.peak_repeats)
     rows, notes = [], {}
     for dtype_name in dtypes:
-        r, n = bench_dtype(args, run, steps, tokens, dtype_name)
+        r, n = bench_dtype(args, run, steps, tokens, dtype_name, peaks)
         rows += r
         notes[dtype_name] = n
 
@@ -364,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     info["load_average_before"] = load_before
     print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
           f"{load_before} before / {info['load_average']} after; jax {info['jax']}, torch {info.get('torch')}")
+    print(peak.describe(peaks))
     print(f"preset {preset}, batch {args.batch_size} per task, tasks {','.join(run.config.tasks)}, "
           f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'} "
           f"(JAX keys {args.prng}, encoder chunks {run.model.encoder_chunks}), "
@@ -373,12 +390,13 @@ def main(argv: list[str] | None = None) -> dict:
         ("vs_torch_eager", "vs torch", ".2f"), ("pcgrad_over_sum", "pcg/sum", ".2f"),
         ("pcgrad_over_sum_median", "median", ".3f"),
         ("tokens_fed", "tokens fed", "d"), ("fed_over_real", "fed/real", ".3f"),
-        ("gflops_real", "GFLOP/s real", ".1f"), ("gflops_fed", "GFLOP/s fed", ".1f"), ("warmup_s", "warm-up s", ".1f"),
+        ("gflops_real", "GFLOP/s real", ".1f"), ("gflops_fed", "GFLOP/s fed", ".1f"), ("peak_share", "% peak", ".1%"),
+        ("warmup_s", "warm-up s", ".1f"),
     ])
     print("ex/s: real examples (all tasks) per second; vs torch: over torch eager of the same kind (sum/pcgrad); "
           "pcg/sum: PCGrad over summed step time (total; median: of the median steps); "
           "GFLOP/s real/fed: 6N tokens + 12 layers hidden L^2 "
-          "on real / fed lengths")
+          "on real / fed lengths; % peak: GFLOP/s real over the GEMM peak of the same library and dtype")
     cache = "off" if args.no_compile_cache else "on (.cache/jax)"
     for dtype_name, n in notes.items():
         print(f"JAX {dtype_name} warm-up: {n['jax_grad_shapes']} task shapes through the gradient functions in "
@@ -407,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
         "prng": args.prng,
         "encoder_chunks": run.model.encoder_chunks,
         "nonembedding_params": common.nonembedding_params(run.bert_config),
+        "peak": peaks,
         "real_tokens": sum(int(t["real"].sum()) for t in tokens),
         "examples": sum(t["examples"] for t in tokens),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],

@@ -146,7 +146,7 @@ def start_comparison(threads: int, compile_cache: bool) -> list[float]:
 
     torch.set_num_threads(threads or num_cores())
     if compile_cache:
-        from train.loop import enable_compilation_cache
+        from train.run import enable_compilation_cache
 
         enable_compilation_cache(REPO / ".cache" / "jax")
     return load_average()
@@ -159,7 +159,7 @@ def add_encoder_chunks_argument(parser) -> None:
 
 
 def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dropout: bool = False, **overrides):
-    """A train.loop.Run for a preset (or the defaults), with the given batch size.
+    """A train.run.Run for a preset (or the defaults), with the given batch size.
 
     `no_dropout` zeroes every dropout rate (heads and encoder), which makes the steps
     deterministic (Flax skips a dropout of rate 0 entirely, with no random numbers).
@@ -167,7 +167,7 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     import dataclasses
 
     from train.config import PRESETS, TrainConfig
-    from train.loop import Run, ensure_init_checkpoint
+    from train.run import Run, ensure_init_checkpoint
 
     values = dict(PRESETS[preset]) if preset else {}
     values.update(batch_size=batch_size, init_checkpoint=str(checkpoint), preset=preset, **overrides)
@@ -182,19 +182,11 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     return run
 
 
-def family_of(task: str) -> str:
-    from train.config import TASKS
-
-    return TASKS[task]
-
-
 def load_steps(run, count: int, start: int = 0) -> list[dict]:
     """The first `count` steps (from `start`) of epoch 0 of the run's stream as {task: numpy batch}."""
     import itertools
 
-    families = {family_of(t): t for t in run.config.tasks}
-    stream = run.stream().epoch(0, start)
-    return [{families[f]: b for f, b in step.items()} for step in itertools.islice(stream, count)]
+    return list(itertools.islice(run.stream().epoch(0, start), count))
 
 
 def task_mode(run, task: str) -> str:
@@ -287,7 +279,7 @@ def make_torch_model(run, params, attn_implementation: str = "sdpa"):
     import torch
     from torch import nn
 
-    from train.model import NUM_CLASSES
+    from train.model import head_name
 
     config = run.config
 
@@ -297,7 +289,7 @@ def make_torch_model(run, params, attn_implementation: str = "sdpa"):
             self.bert = torch_bert(run, attn_implementation)
             self.dropout = nn.Dropout(config.dropout)
             self.heads = nn.ModuleDict()
-            for name in ("sst_classifier", "cfimdb_classifier", "para_classifier", "sts_regressor", "pair_shared"):
+            for name in (*(head_name(config.spec(t)) for t in config.tasks), "pair_shared"):
                 if name in params:
                     kernel = np.asarray(params[name]["kernel"])
                     layer = nn.Linear(*kernel.shape)
@@ -324,31 +316,36 @@ def make_torch_model(run, params, attn_implementation: str = "sdpa"):
                 pooled = [torch.relu(self.heads["pair_shared"](self.dropout(p))) for p in pooled]
             return pooled
 
+        def head(self, features, task: str):
+            out = self.heads[head_name(config.spec(task))](self.dropout(features))
+            return out if config.spec(task).has_class_logits else out[:, 0]
+
         def forward(self, sides: list[dict], task: str):
-            if task in NUM_CLASSES:
-                return self.heads[f"{task}_classifier"](self.dropout(self.embed(sides[0], config.pooling_of(task))))
+            spec = config.spec(task)
+            if not spec.is_pair:
+                return self.head(self.embed(sides[0], config.pooling_of(task)), task)
             features = self.pair_features(sides, config.pooling_of(task))
-            name = "para_classifier" if task == "para" else "sts_regressor"
             if config.pair_mode(task) == "cross":
-                return self.heads[name](self.dropout(features[0]))[:, 0]
+                return self.head(features[0], task)
             u, v = features
             # As train/model.py: u.v / max(|u| |v|, eps).
             cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1)).clamp(min=1e-8)
-            if task == "sts" and config.sts_head == "cosine":
+            if config.regression_head_of(task) == "cosine":
                 return cos
-            head = self.heads[name]
-            inputs = [u, v] + ([cos[:, None]] if task == "para" and config.para_cos_feature else [])
-            return head(self.dropout(torch.cat(inputs, -1)))[:, 0]
+            inputs = [u, v] + ([cos[:, None]] if config.uses_cos_feature(task) else [])
+            return self.head(torch.cat(inputs, -1), task)
 
         def loss(self, outputs, labels, task: str):
             functional = nn.functional
-            outputs = outputs.float()
-            if task in NUM_CLASSES:
+            outputs, spec = outputs.float(), config.spec(task)
+            if spec.has_class_logits:
                 return functional.cross_entropy(outputs, labels.long())
-            if task == "para":
+            if not spec.is_regression:
                 return functional.binary_cross_entropy_with_logits(outputs, labels.float())
-            target = (labels > 2).float() if config.sts_target == "binary" else labels.float() / 5.0
-            if config.sts_head == "linear" and config.sts_target == "binary":
+            low, high = spec.label_range
+            binary = config.regression_target_of(task) == "binary"
+            target = (labels > spec.threshold).float() if binary else (labels.float() - low) / (high - low)
+            if config.regression_head_of(task) == "linear" and binary:
                 return functional.binary_cross_entropy_with_logits(outputs, target)
             return functional.mse_loss(outputs, target)
 

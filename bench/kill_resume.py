@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
     args = parser.parse_args(argv)
 
-    from train.loop import ensure_init_checkpoint
+    from train.run import ensure_init_checkpoint
 
     ensure_init_checkpoint(args.init_checkpoint)
     root = Path(tempfile.mkdtemp(prefix="kill-resume-", dir="/tmp"))

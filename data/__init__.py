@@ -1,10 +1,10 @@
-"""CS224N task data (vendored CSV files) and the input pipeline.
+"""Task data (the registry of declared tasks, the vendored CS224N files) and the input pipeline.
 
     from data import TaskData, MultiTaskStream, prefetch_to_device
-    tasks = [TaskData("sst"), TaskData("quora", mode="bi"), TaskData("sts", mode="bi")]
+    tasks = [TaskData("sst"), TaskData("para", mode="bi"), TaskData("sts", mode="bi")]
     stream = MultiTaskStream(tasks, seed=0)
     for step, batches in enumerate(prefetch_to_device(stream.epoch(0))):
-        ...  # batches: {"sst": {...}, "quora": {...}, "sts": {...}}
+        ...  # batches: {"sst": {...}, "para": {...}, "sts": {...}}
 
 See data/README.md for the files, the formats and the API.
 """
@@ -17,8 +17,9 @@ _SOURCES = {
     **dict.fromkeys(("EncodedSplit", "MultiTaskStream", "TaskData", "TaskPlan", "choose_buckets", "data_mesh",
                      "default_tokenizer", "encode_split", "length_sorted_batches", "place", "prefetch_to_device",
                      "shard_batch"), "input_pipeline"),
-    **dict.fromkeys(("FAMILIES", "DataError", "MalformedRowWarning", "Rows", "TaskFamily", "read_rows"), "tasks"),
-    **dict.fromkeys(("NO_LABEL", "disable_progress_bars", "get_builder", "load_split", "source_digest"),
+    **dict.fromkeys(("BUILTIN_TASK_FILE", "DataError", "MalformedRowWarning", "Rows", "TaskSpec", "load_task_file",
+                     "read_rows", "registry"), "tasks"),
+    **dict.fromkeys(("NO_LABEL", "disable_progress_bars", "get_builder", "load_split", "source_digest", "task_spec"),
                     "tfds_builders"),
 }
 __all__ = sorted(_SOURCES)

@@ -4,7 +4,7 @@ Batch formats (numpy, static batch size B, sequence length L from the task's buc
 
 * single sentence, or a pair in "cross" mode ([CLS] a [SEP] b [SEP]):
   input_ids, token_type_ids, attention_mask: int32 (B, L); labels: (B,) int32
-  (sst, quora, cfimdb) or float32 (sts, 0-5 scale); weights: float32 (B,), 1 for a
+  (class labels) or float32 (scores); weights: float32 (B,), 1 for a
   real row and 0 for a padding row.
 * a pair in "bi" mode: input_ids, token_type_ids, attention_mask: int32 (2B, L),
   rows [0:B] sentence a and rows [B:2B] sentence b of the same examples;
@@ -22,9 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import queue
-import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -35,8 +33,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_flax.tokenizer import Tokenizer
-from data.tasks import FAMILIES
-from data.tfds_builders import get_builder, load_split
+from data.atomic import atomic_write
+from data.tasks import TaskSpec
+from data.tfds_builders import get_builder, load_split, task_spec
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -97,6 +96,7 @@ class EncodedSplit:
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     lengths: np.ndarray
+    teacher: np.ndarray | None = None  # per row, a teacher's class probabilities (n, K) or scores (n,)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,8 +123,10 @@ class EncodedSplit:
             return np.concatenate([x[:, :-1], y], axis=1)
 
         labels = None if self.labels is None else np.concatenate([self.labels, other.labels])
+        teacher = None if self.teacher is None else np.concatenate([self.teacher, other.teacher])
         return dataclasses.replace(
-            self, ids=self.ids + other.ids, labels=labels, input_ids=stacked(self.input_ids, other.input_ids),
+            self, ids=self.ids + other.ids, labels=labels, teacher=teacher,
+            input_ids=stacked(self.input_ids, other.input_ids),
             token_type_ids=stacked(self.token_type_ids, other.token_type_ids),
             lengths=stacked(self.lengths, other.lengths),
         )
@@ -132,18 +134,6 @@ class EncodedSplit:
 
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _remove_other_format_caches(cache_dir: Path) -> None:
@@ -154,9 +144,9 @@ def _remove_other_format_caches(cache_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _tokenize(rows, family, tokenizer: Tokenizer, max_length: int) -> dict[str, np.ndarray]:
+def _tokenize(rows, spec: TaskSpec, tokenizer: Tokenizer, max_length: int) -> dict[str, np.ndarray]:
     """Flat token arrays of every sequence kind of the family, in the cache file layout."""
-    if family.is_pair:
+    if spec.is_pair:
         a, b = rows.sentences
         encodings = {
             "a": tokenizer.encode(a, max_length=max_length),
@@ -183,7 +173,7 @@ def _padded(flat: np.ndarray, lengths: np.ndarray, max_length: int, fill: int, p
 
 
 def encode_split(
-    task: str,
+    task: TaskSpec | str,
     split: str,
     mode: str | None = None,
     *,
@@ -195,22 +185,22 @@ def encode_split(
 ) -> EncodedSplit:
     """A split's rows (via `load_split`) with their tokens, tokenized once and cached with their ids and labels.
 
-    `mode` is "single" for sst/cfimdb and "bi" or "cross" (default) for the pair
-    tasks; `swapped=True` gives the cross encoding with the pair's sentences in
+    `task` is a registry name or a TaskSpec. `mode` is "single" for single-sentence
+    tasks and "bi" or "cross" (default) for pair tasks; `swapped=True` gives the cross encoding with the pair's sentences in
     the other order. Tokens are cached beside the prepared TFDS data, keyed by the
     vocab file's hash, the lowercase flag, `max_length` and the sources' checksum;
     the cache of a pair task holds every encoding. Writing a cache file removes
     the files of older cache formats beside it.
     """
-    family = FAMILIES[task]
-    mode = mode or ("cross" if family.is_pair else "single")
-    allowed = ("bi", "cross") if family.is_pair else ("single",)
+    spec = task_spec(task, source_dir)
+    mode = mode or ("cross" if spec.is_pair else "single")
+    allowed = ("bi", "cross") if spec.is_pair else ("single",)
     if mode not in allowed:
-        raise ValueError(f"mode {mode!r} for {task}; expected one of {allowed}")
+        raise ValueError(f"mode {mode!r} for {spec.name}; expected one of {allowed}")
     if swapped and mode != "cross":
         raise ValueError(f"swapped pairs exist in cross mode only, not in mode {mode!r}")
     tokenizer = tokenizer or default_tokenizer()
-    builder = get_builder(task, data_dir, source_dir)
+    builder = get_builder(spec, data_dir)
     key = {
         "format": _TOKEN_CACHE_FORMAT,
         "vocab_sha256": _sha256_file(tokenizer.vocab_file),
@@ -221,11 +211,12 @@ def encode_split(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_file = Path(builder.data_dir) / "tokenized" / f"{split}-{_TOKEN_CACHE_TAG}-{digest}.npz"
     if not cache_file.exists():
-        rows = load_split(task, split, data_dir, source_dir)
+        rows = load_split(spec, split, data_dir)
         # The rows' ids and labels are cached too: reading them back from TFDS costs about 0.1 ms a row.
         labels = {} if rows.labels is None else {"labels": rows.labels}
-        _write_atomic(cache_file, {"row_ids": np.asarray(rows.ids, dtype=str), **labels,
-                                   **_tokenize(rows, family, tokenizer, max_length)})
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache_file, "wb") as f:
+            np.savez(f, row_ids=np.asarray(rows.ids, dtype=str), **labels, **_tokenize(rows, spec, tokenizer, max_length))
         _remove_other_format_caches(cache_file.parent)
     with np.load(cache_file) as cached:
         ids, labels = cached["row_ids"].tolist(), cached["labels"] if "labels" in cached.files else None
@@ -234,10 +225,10 @@ def encode_split(
             for name in _MODE_SEQUENCES["swapped" if swapped else mode]
         ]
     if any(len(lengths) != len(ids) for _, _, lengths in sequences):
-        raise RuntimeError(f"{cache_file}: token cache does not match its {len(ids)} rows of {task}/{split}")
+        raise RuntimeError(f"{cache_file}: token cache does not match its {len(ids)} rows of {spec.name}/{split}")
     padding_row = (tokenizer.cls_id, tokenizer.sep_id)
     return EncodedSplit(
-        task=task,
+        task=spec.name,
         split=split,
         mode=mode,
         ids=ids,
@@ -293,6 +284,8 @@ def _make_batch(encoded: EncodedSplit, rows: np.ndarray, length: int, with_index
     }
     if encoded.labels is not None:
         batch["labels"] = np.where(real, encoded.labels[rows], 0).astype(encoded.labels.dtype)
+    if encoded.teacher is not None:
+        batch["teacher"] = encoded.teacher[np.where(real, rows, 0)]
     if with_index:
         batch["index"] = rows.astype(np.int32)
     return batch
@@ -303,14 +296,16 @@ class TaskData:
 
     The buckets are chosen from the training split's lengths (`choose_buckets`) and
     serve every split, so a jitted function compiles at most `num_buckets` shapes
-    per task. With `swap_pairs` (cross mode), the training split holds every pair
+    per task. With `swap_pairs` (cross mode), the training rows hold every pair
     twice: the pairs as given, then the same pairs with their sentences swapped;
-    `split(name, swapped=True)` gives any split's pairs swapped.
+    `split(name, swapped=True)` gives any file split's pairs swapped. `teach`
+    gives the training rows soft targets (data/teachers.py), which their batches
+    then carry as "teacher".
     """
 
     def __init__(
         self,
-        task: str,
+        task: TaskSpec | str,
         *,
         mode: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -323,26 +318,33 @@ class TaskData:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.name = task
+        self.spec = task_spec(task, source_dir)
+        self.name = self.spec.name
         self.batch_size = batch_size
         self.max_length = max_length
         self._encode = functools.partial(
-            encode_split, task, mode=mode, tokenizer=tokenizer or default_tokenizer(),
-            max_length=max_length, data_dir=data_dir, source_dir=source_dir,
+            encode_split, self.spec, mode=mode, tokenizer=tokenizer or default_tokenizer(),
+            max_length=max_length, data_dir=data_dir,
         )
-        train = self._encode("train")
-        self._splits = {"train": train.concatenate(self._encode("train", swapped=True)) if swap_pairs else train}
-        self.mode = self.train.mode
+        self._splits = {"train": self._encode("train")}
         self.swap_pairs = swap_pairs
+        self.teach(None)
+        self.mode = self.train.mode
         self.buckets = choose_buckets(self.train.key_lengths, max_length, num_buckets)
+
+    def teach(self, targets: np.ndarray | None) -> None:
+        """Gives the training file's rows (in file order) soft targets, which their batches then carry."""
+        train = dataclasses.replace(self.split("train"), teacher=targets)
+        self._train = train.concatenate(dataclasses.replace(self.split("train", swapped=True), teacher=targets)) \
+            if self.swap_pairs else train
 
     @property
     def train(self) -> EncodedSplit:
-        """The training split."""
-        return self._splits["train"]
+        """The training rows (the training file's, twice with `swap_pairs`), with their teacher targets."""
+        return self._train
 
     def split(self, name: str, swapped: bool = False) -> EncodedSplit:
-        """A split ("train", "dev", "test"), encoded on first use; `swapped`: its pairs as [CLS] b [SEP] a
+        """A file's split ("train", "dev", "test"), encoded on first use; `swapped`: its pairs as [CLS] b [SEP] a
         [SEP] (cross mode)."""
         key = f"{name}-swapped" if swapped else name
         if key not in self._splits:

@@ -37,11 +37,11 @@ REPO = RESULTS.parent
 
 # The best reference row with pairs cross-encoded (one [CLS] a [SEP] b [SEP] sequence), so with the linear
 # STS head on the scaled target and no cosine feature.
-CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--no-para-cos-feature", "--sts-head", "linear",
-         "--sts-target", "scaled"]
+CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--cos-feature", "", "--regression-head", "linear",
+         "--regression-target", "scaled"]
 # Paraphrase cross-encoded, STS bi-encoded with the cosine head (the preset's) on the scaled target.
-PARACROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross", "--no-para-cos-feature",
-             "--sts-target", "scaled"]
+PARACROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross", "--cos-feature", "",
+             "--regression-target", "scaled"]
 # The best setup found: PARACROSS at lr 5e-5, scored and kept as a moving average of the parameters.
 BEST_SETUP = [*PARACROSS, "--lr", "5e-5", "--ema", "0.995"]
 # SST alone with mean pooling.
@@ -139,7 +139,7 @@ ROWS = {
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
     "para-finetune-cross-mean-lr5e-5": (["--tasks", "para", "--pair-encoding", "para=cross", "--pooling", "mean",
                                          "--lr", "5e-5"], {}),
-    "sts-finetune-cosine-scaled-lr5e-5": (["--tasks", "sts", "--sts-head", "cosine", "--sts-target", "scaled",
+    "sts-finetune-cosine-scaled-lr5e-5": (["--tasks", "sts", "--regression-head", "cosine", "--regression-target", "scaled",
                                            "--pooling", "mean", "--lr", "5e-5"], {}),
     # CFIMDB reviews run to 224 tokens on average (87% are longer than 128): the reference reads them whole, up to
     # BERT's 512 positions; the -len128 row cuts them at the default 128.

@@ -1,8 +1,9 @@
 """The benchmark scripts run at their tiniest sizes and end with a parseable `JSON: ` line.
 
 No timing is asserted: these only check that the scripts work (each in a subprocess, on a
-one-layer random BERT where a checkpoint is needed). The PyTorch reference of
-bench_train.py must compute the same losses as the JAX model on the same batch.
+one-layer random BERT where a checkpoint is needed, with a small GEMM for the peak). The
+PyTorch reference of bench_train.py must compute the same losses as the JAX model on the
+same batch.
 """
 
 import json
@@ -49,6 +50,22 @@ def run_script(name: str, *args: str, timeout: float = 300) -> dict:
     return json.loads(lines[0][len("JSON: "):])
 
 
+# A small, quick GEMM peak for the scripts that report shares of it.
+PEAK_ARGS = ("--peak-size", "128", "--peak-repeats", "2")
+
+
+def check_peaks(peaks: dict, libraries: set, dtypes: set) -> None:
+    assert set(peaks["gflops"]) == libraries and peaks["statistic"] == "best"
+    assert all(set(by_dtype) == dtypes for by_dtype in peaks["gflops"].values())
+    assert all(g > 0 for by_dtype in peaks["gflops"].values() for g in by_dtype.values())
+
+
+def test_peak():
+    result = run_script("peak.py", *PEAK_ARGS)
+    assert result["benchmark"] == "gemm_peak" and result["size"] == 128
+    check_peaks(result, {"jax", "torch"}, {"float32", "bfloat16"})
+
+
 def test_bench_gpu_tiny():
     result = run_script("bench_gpu.py", "--tiny", "--layers", "1")
     assert result["benchmark"] == "gpu_step" and result["tiny"]
@@ -64,10 +81,15 @@ def test_bench_padding():
 
 
 def test_bench_train_tiny(tiny_checkpoint):
-    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1")
+    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", *PEAK_ARGS)
     names = {row["name"] for row in result["rows"]}
     assert names == {"jax sum", "jax pcgrad", "torch eager sum", "torch eager pcgrad"}
     assert all(row["examples_per_s"] > 0 for row in result["rows"])
+    check_peaks(result["peak"], {"jax", "torch"}, {"float32"})
+    for row in result["rows"]:
+        assert row["peak_gflops"] == round(result["peak"]["gflops"][row["framework"]][row["dtype"]], 4)
+        # Fed lengths are never shorter than real ones.
+        assert 0 < row["peak_share"] <= row["peak_share_fed"]
     check = result["notes"]["float32"]["loss_check"]
     assert set(check) == {"sst", "para", "sts"}
     assert all(c["abs_diff"] < 1e-4 for c in check.values()), check
@@ -75,12 +97,15 @@ def test_bench_train_tiny(tiny_checkpoint):
 
 def test_bench_eval_tiny(tiny_checkpoint):
     result = run_script("bench_eval.py", "--init-checkpoint", str(tiny_checkpoint), "--max-examples", "40",
-                        "--repeats", "1")
+                        "--repeats", "1", *PEAK_ARGS)
     assert set(result["tasks"]) == {"sst", "para", "sts"}
     assert all(task["examples"] == 40 for task in result["tasks"].values())
     assert result["tasks"]["para"]["agreement"] == result["tasks"]["sst"]["agreement"] == 1.0
     assert result["tasks"]["sts"]["max_abs_diff"] < 1e-4
     assert result["all"]["jax_sentences_per_s"] > 0 and result["all"]["torch_sentences_per_s"] > 0
+    check_peaks(result["peak"], {"jax", "torch"}, {"float32"})
+    for figures in (*result["tasks"].values(), result["all"]):
+        assert figures["jax_peak_share"] > 0 and figures["torch_peak_share"] > 0
 
 
 def test_bench_pipeline_tiny(tiny_checkpoint, small_task_data):
@@ -88,7 +113,7 @@ def test_bench_pipeline_tiny(tiny_checkpoint, small_task_data):
                         "--train-steps", "1", "--data-dir", str(small_task_data))
     pipeline, training = result["pipeline"], result["training"]
     assert pipeline["steps"] > 0 and training["steps"] == 1
-    assert set(pipeline["padding_ratio"]) == {"sst", "quora", "sts"}
+    assert set(pipeline["padding_ratio"]) == {"sst", "para", "sts"}
     assert all(ratio >= 1.0 for ratio in pipeline["padding_ratio"].values())
     assert result["pipeline_over_training"] == round(pipeline["examples_per_s"] / training["examples_per_s"], 1)
 

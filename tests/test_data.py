@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from data import (
-    FAMILIES,
     NO_LABEL,
     DataError,
     MalformedRowWarning,
@@ -28,12 +27,17 @@ from data import (
     load_split,
     prefetch_to_device,
     read_rows,
+    registry,
 )
 from data import input_pipeline
 from data.input_pipeline import DEFAULT_NUM_BUCKETS
-from data.tfds_builders import BUILDERS, DEFAULT_SOURCE_DIR
+from data.tasks import BUILTIN_TASK_FILE
 from bert_flax.tokenizer import Tokenizer
 from tests.helpers import REPO, devices_env
+
+
+DEFAULT_SOURCE_DIR = BUILTIN_TASK_FILE.parent
+FAMILIES = registry()
 
 
 def _readme_rows() -> dict[str, int]:
@@ -59,7 +63,7 @@ def tfds_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MalformedRowWarning)
-        for task in BUILDERS:
+        for task in FAMILIES:
             get_builder(task, path)
     return path
 
@@ -89,8 +93,8 @@ def task_data(tfds_dir):
 
 @pytest.fixture(scope="session")
 def default_stream(task_data):
-    """The default three-task stream: sst, and quora and sts in cross mode."""
-    return MultiTaskStream([task_data("sst"), task_data("quora"), task_data("sts")], seed=3)
+    """The default three-task stream: sst, and para and sts in cross mode."""
+    return MultiTaskStream([task_data("sst"), task_data("para"), task_data("sts")], seed=3)
 
 
 # ---------------------------------------------------------------- vendored files
@@ -109,7 +113,7 @@ def test_vendored_files_match_checksums():
 
 def test_row_counts_match_readme(loaded_splits):
     expected = _readme_rows()
-    files = {name: (task, split) for task, f in FAMILIES.items() for split, name in f.files.items()}
+    files = {path.name: (task, split) for task, f in FAMILIES.items() for split, path in f.files.items()}
     assert sorted(expected) == sorted(files)
     for name, rows in expected.items():
         lines = (DEFAULT_SOURCE_DIR / name).read_text(encoding="utf-8").count("\n")
@@ -119,7 +123,7 @@ def test_row_counts_match_readme(loaded_splits):
         assert len(loaded) == rows - skipped, name
         assert len(loaded_splits[files[name]]) == rows - skipped, name
         assert len(messages) == (skipped + 1 if skipped else 0), messages
-    _, messages = _read(DEFAULT_SOURCE_DIR / "quora-dev.csv", "quora")
+    _, messages = _read(DEFAULT_SOURCE_DIR / "quora-dev.csv", "para")
     assert "line 1267 (id ad118c967d683c93883bf072d): empty label" in messages[0]
     assert "line 7083 (id 9054345d02cd6c5642a4904dc): empty sentence2" in messages[1]
     assert "skipped 2 malformed row(s) of 10102; 10100 loaded" in messages[2]
@@ -141,7 +145,8 @@ def test_tfds_splits_equal_the_reader(tfds_dir, loaded_splits, task):
     source = get_builder(task, tfds_dir).as_data_source("train")
     assert source[0]["label"] != NO_LABEL
     if "test" in family.files:
-        assert get_builder(task, tfds_dir).as_data_source("test")[0]["label"] == NO_LABEL
+        label = get_builder(task, tfds_dir).as_data_source("test")[0]["label"]
+        assert np.isnan(label) if family.is_regression else label == NO_LABEL
 
 
 # ---------------------------------------------------------------- reader errors
@@ -174,7 +179,7 @@ def test_malformed_rows_are_skipped_with_a_warning_each(tmp_path):
         "line 3 (id b1): empty label",
         "line 4 (id b2): 5 fields, expected 4",
         "line 5 (id b3): empty sentence",
-        "line 6: unbalanced quotes in field 3",
+        "line 6: bad quoting",
         "line 7 (id b5): label '5' outside [0, 4]",
         "line 8 (id b6): label 'nan' is not a number",
         "line 9 (id b7): label '2.5' is not an integer class",
@@ -206,10 +211,10 @@ def test_pair_and_score_rows(tmp_path):
 def test_unlabeled_file_loads_without_labels(tmp_path):
     path = tmp_path / "quora-test.csv"
     path.write_text("\tid\tsentence1\tsentence2\n0\tx\tA?\tB?\n", encoding="utf-8")
-    rows, messages = _read(path, "quora")
+    rows, messages = _read(path, "para")
     assert rows.labels is None and rows.ids == ["x"] and not messages
-    error, _ = _read(path, "quora", labeled=True)
-    assert isinstance(error, DataError) and "line 1: header" in str(error)
+    error, _ = _read(path, "para", labeled=True)
+    assert isinstance(error, DataError) and "line 1: no column 'is_duplicate' (the label of task para" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -219,12 +224,11 @@ def test_unlabeled_file_loads_without_labels(tmp_path):
         (b"", "empty file"),
         (SST_HEADER.encode(), "no rows to load"),
         (SST_HEADER.encode() + b"0\ta\tgood .\t1\n1\tb\tbad \xff byte\t2\n", "line 3: not valid UTF-8"),
-        (b"\tid\ttext\tsentiment\n0\ta\tx\t1\n", "line 1: header"),
-        (b"\tid\tsentence\tsentiment\tmore\n0\ta\tx\t1\t2\n", "line 1: header"),
+        (b"\tid\ttext\tsentiment\n0\ta\tx\t1\n", "line 1: no column 'sentence' (the text of task sst"),
         (b"\n" + SST_HEADER.encode(), "blank header line"),
         (SST_HEADER.encode() + b"0\ta\t\t1\n", "no rows to load"),
     ],
-    ids=["missing", "empty", "header-only", "non-utf8", "wrong-column", "extra-column", "blank-header", "all-bad"],
+    ids=["missing", "empty", "header-only", "non-utf8", "wrong-column", "blank-header", "all-bad"],
 )
 def test_unusable_files_raise_data_error(tmp_path, content, fragment):
     path = tmp_path / "ids-sst-train.csv"
@@ -233,6 +237,13 @@ def test_unusable_files_raise_data_error(tmp_path, content, fragment):
     error, _ = _read(path, "sst")
     assert isinstance(error, DataError) and isinstance(error, ValueError)
     assert str(path) in str(error) and fragment in str(error), str(error)
+
+
+def test_columns_are_found_by_name_and_others_ignored(tmp_path):
+    path = tmp_path / "sst.csv"
+    path.write_text("sentiment\tmore\tsentence\tid\n1\tx\tA film .\ta\n", encoding="utf-8")
+    rows, messages = _read(path, "sst")
+    assert rows.ids == ["a"] and rows.sentences == (["A film ."],) and rows.labels.tolist() == [1] and not messages
 
 
 def test_directory_instead_of_file_raises_data_error(tmp_path):
@@ -289,7 +300,7 @@ def test_processes_preparing_one_fresh_folder_at_once_all_succeed(tmp_path):
 def test_broken_source_fails_preparation_with_data_error(tmp_path):
     sources = _write_sst_sources(tmp_path / "src")
     (sources / "ids-sst-dev.csv").write_text("\tid\tsentence\n0\td1\tno label column\n")
-    with pytest.raises(DataError, match=r"ids-sst-dev\.csv: line 1: header"):
+    with pytest.raises(DataError, match=r"ids-sst-dev\.csv: line 1: no column 'sentiment'"):
         get_builder("sst", tmp_path / "cache", sources)
     (sources / "ids-sst-test.csv").unlink()
     with pytest.raises(DataError, match=r"ids-sst-test\.csv: file not found"):
@@ -375,17 +386,17 @@ def _assert_batch_is_consistent(batch, task, rows, length):
 
 
 def test_stream_batches_match_their_plan(task_data):
-    tasks = [task_data("sst"), task_data("quora", "bi"), task_data("sts")]
+    tasks = [task_data("sst"), task_data("para", "bi"), task_data("sts")]
     stream = MultiTaskStream(tasks, seed=1)
     plan = stream.plan(0)
     for task_plan in plan.values():  # batch order is shuffled, not length-sorted
         assert task_plan.lengths[:64] != sorted(task_plan.lengths[:64])
     for step, batches in enumerate(itertools.islice(stream.epoch(0), 5)):
-        assert set(batches) == {"sst", "quora", "sts"}
+        assert set(batches) == {"sst", "para", "sts"}
         for task in tasks:
             _assert_batch_is_consistent(batches[task.name], task, plan[task.name].rows[step],
                                         plan[task.name].lengths[step])
-    quora = next(iter(stream.epoch(0)))["quora"]
+    quora = next(iter(stream.epoch(0)))["para"]
     assert quora["input_ids"].shape[0] == 64 and quora["labels"].shape == (32,)
     assert np.all(quora["input_ids"][:, 0] == 101) and np.all(quora["token_type_ids"] == 0)
 
@@ -416,9 +427,9 @@ def test_resample_draws_with_replacement(task_data):
 
 
 def test_min_strategy_cuts_every_task_to_the_smallest_without_replacement(task_data):
-    tasks = [task_data("sst"), task_data("quora"), task_data("sts")]
+    tasks = [task_data("sst"), task_data("para"), task_data("sts")]
     stream = MultiTaskStream(tasks, strategy="min", seed=0)
-    assert stream.examples_per_task(0) == {"sst": 6040, "quora": 6040, "sts": 6040}
+    assert stream.examples_per_task(0) == {"sst": 6040, "para": 6040, "sts": 6040}
     for name, plan in stream.plan(0).items():
         rows = np.concatenate(plan.rows)
         rows = rows[rows >= 0]
@@ -427,7 +438,7 @@ def test_min_strategy_cuts_every_task_to_the_smallest_without_replacement(task_d
 
 
 def test_proportional_and_annealed_sizes_and_padding_batches(task_data):
-    tasks = [task_data("sst"), task_data("quora"), task_data("sts")]
+    tasks = [task_data("sst"), task_data("para"), task_data("sts")]
     sizes = np.array([8544, 13507, 6040])
     proportional = MultiTaskStream(tasks, strategy="proportional", num_examples=10_000)
     counts = proportional.examples_per_task(0)
@@ -444,7 +455,7 @@ def test_proportional_and_annealed_sizes_and_padding_batches(task_data):
 
     # quora has the most examples; sts runs out first and then yields all-padding batches.
     steps = proportional.steps_per_epoch(0)
-    assert steps == -(-counts["quora"] // 32)
+    assert steps == -(-counts["para"] // 32)
     sts_batches = len(proportional.plan(0)["sts"].rows)
     assert sts_batches == -(-counts["sts"] // 32) < steps
     rows = np.concatenate(proportional.plan(0)["sts"].rows)
@@ -454,7 +465,7 @@ def test_proportional_and_annealed_sizes_and_padding_batches(task_data):
     padding = last[0]["sts"]
     assert padding["weights"].sum() == 0 and padding["input_ids"].shape == (32, task_data("sts").buckets[0])
     assert np.all(padding["attention_mask"].sum(1) == 2)  # [CLS] [SEP]
-    assert last[0]["quora"]["weights"].sum() > 0
+    assert last[0]["para"]["weights"].sum() > 0
 
 
 def test_last_partial_batch_is_padded(default_stream):
@@ -483,19 +494,19 @@ def test_padding_ratio_and_shapes_on_the_real_data(task_data, default_stream):
     fed per real token for each task in cross mode, and over the three tasks with bi-encoded pairs."""
     for epoch in (0, 1):
         stats = default_stream.stats(epoch)["tasks"]
-        for name in ("sst", "quora", "sts"):
+        for name in ("sst", "para", "sts"):
             assert stats[name]["padding_ratio"] <= 1.15, (name, stats[name])
             assert (stats[name]["num_shapes"] <= DEFAULT_NUM_BUCKETS
                     and len(stats[name]["shapes"]) <= DEFAULT_NUM_BUCKETS)
             assert stats[name]["examples"] == 10_000
     cfimdb = MultiTaskStream([task_data("cfimdb")]).stats(0)["tasks"]["cfimdb"]
     assert cfimdb["padding_ratio"] <= 1.15 and cfimdb["num_shapes"] <= DEFAULT_NUM_BUCKETS
-    bi_stream = MultiTaskStream([task_data("sst"), task_data("quora", "bi"), task_data("sts", "bi")], seed=3)
+    bi_stream = MultiTaskStream([task_data("sst"), task_data("para", "bi"), task_data("sts", "bi")], seed=3)
     bi = bi_stream.stats(0)["tasks"].values()
     assert sum(t["fed_tokens"] for t in bi) / sum(t["real_tokens"] for t in bi) <= 1.15
 
 
-@pytest.mark.parametrize("task", ["quora", "sts"])
+@pytest.mark.parametrize("task", ["para", "sts"])
 def test_bi_mode_padding_is_bounded_by_the_pair_length_mismatch(task_data, task):
     """In bi mode a and b share one length, so a pair costs 2 * max(len a, len b) tokens even
     unbucketed; bucketing and padding rows may add at most 15% on top of that floor."""
@@ -603,7 +614,7 @@ import json, sys, warnings
 import jax, numpy as np
 from data import MultiTaskStream, TaskData, prefetch_to_device, shard_batch
 data_dir = sys.argv[1]
-tasks = [TaskData("sst", data_dir=data_dir), TaskData("quora", mode="bi", data_dir=data_dir)]
+tasks = [TaskData("sst", data_dir=data_dir), TaskData("para", mode="bi", data_dir=data_dir)]
 stream = MultiTaskStream(tasks, seed=0)
 host = next(iter(stream.epoch(0)))
 placed = next(prefetch_to_device(stream.epoch(0)))
@@ -622,7 +633,7 @@ print(json.dumps(out))
 
 
 def test_batches_are_split_across_two_devices(tfds_dir, task_data):
-    task_data("sst"), task_data("quora", "bi")  # prepared and tokenized here, reused by the child
+    task_data("sst"), task_data("para", "bi")  # prepared and tokenized here, reused by the child
     result = subprocess.run(
         [sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tfds_dir)],
         cwd=REPO, env=devices_env(2), capture_output=True, text=True, timeout=300,
@@ -632,8 +643,8 @@ def test_batches_are_split_across_two_devices(tfds_dir, task_data):
     assert out["devices"] == 2
     assert out["sst/input_ids"] == [[0, 16, 0], [1, 16, 16]]
     assert out["sst/labels"] == [[0, 16, 0], [1, 16, 16]]
-    assert out["quora/input_ids"] == [[0, 32, 0], [1, 32, 32]]  # device 0: rows a, device 1: rows b
-    assert out["quora/weights"] == [[0, 16, 0], [1, 16, 16]]
+    assert out["para/input_ids"] == [[0, 32, 0], [1, 32, 32]]  # device 0: rows a, device 1: rows b
+    assert out["para/weights"] == [[0, 16, 0], [1, 16, 16]]
     assert "3 rows do not split over 2 devices" in out["error"] and "['x']" in out["error"]
 
 

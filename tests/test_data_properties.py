@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data import FAMILIES, DataError, MalformedRowWarning, default_tokenizer, read_rows
+from data import DataError, MalformedRowWarning, default_tokenizer, read_rows, registry
 
 PROPERTY_SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -30,7 +30,7 @@ text_field = st.one_of(_short, _short, _long).filter(lambda s: s.strip())
 _LABEL_TEXTS = {
     "sst": st.builds(lambda v, fmt: fmt.format(v), st.integers(0, 4),
                      st.sampled_from(["{}", "{}.0", " {} ", "+{}", "0{}"])),
-    "quora": st.sampled_from(["0", "1", "0.0", "1.0"]),
+    "para": st.sampled_from(["0", "1", "0.0", "1.0"]),
     "sts": st.one_of(
         st.floats(0, 5, allow_nan=False).map(repr),
         st.integers(0, 50).map(lambda v: f"{v / 10:.1f}"),
@@ -39,7 +39,7 @@ _LABEL_TEXTS = {
 }
 _OUT_OF_RANGE = {
     "sst": ["5", "-1", "7.0", "100", "1e3"],
-    "quora": ["2", "-1", "0.5", "2.0"],
+    "para": ["2", "-1", "0.5", "2.0"],
     "sts": ["5.01", "-0.1", "1e9", "-5"],
     "cfimdb": ["2", "-1", "0.5"],
 }
@@ -50,6 +50,14 @@ def _csv_line(fields) -> str:
     out = io.StringIO()
     csv.writer(out, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerow(fields)
     return out.getvalue()[:-1]
+
+
+FAMILIES = registry()
+
+
+def _header(spec, labeled: bool) -> list[str]:
+    """The CS224N files' header: an unnamed pandas index, the id, the text columns, the label if labeled."""
+    return ["", "id", *spec.text_columns, *([spec.label_column] if labeled else [])]
 
 
 @st.composite
@@ -85,10 +93,10 @@ def bad_line(draw, family, labeled):
         column = 2 + draw(st.integers(0, len(family.text_columns) - 1))
         head = _csv_line(fields[:column])
         tail = "\t".join(f.replace('"', "").replace("\t", " ") for f in fields[column:])
-        return f'{head}\t"{tail}', "unbalanced quotes"
+        return f'{head}\t"{tail}', "bad quoting"
     if kind == "after quote":
         fields[2] = '"' + fields[2].replace('"', '""') + '"x'
-        return "\t".join(f if i == 2 else _csv_line([f]) for i, f in enumerate(fields)), "after the closing quote"
+        return "\t".join(f if i == 2 else _csv_line([f]) for i, f in enumerate(fields)), "bad quoting"
     if kind == "blank":
         return draw(st.sampled_from(["", " ", "\t \t"])), "blank line"
     if kind == "empty label":
@@ -127,7 +135,7 @@ def _read_recording(path, family):
 @given(case=task_file())
 def test_good_rows_survive_and_bad_rows_are_reported(tmp_path_factory, case):
     family, labeled, good, bad, order, newline = case
-    lines, expected_bad = [_csv_line(family.header(labeled))], {}
+    lines, expected_bad = [_csv_line(_header(family, labeled))], {}
     for number, (kind, i) in enumerate(order):
         if kind == "good":
             row = good[i]
@@ -171,7 +179,7 @@ def test_good_rows_survive_and_bad_rows_are_reported(tmp_path_factory, case):
 def test_arbitrary_content_never_crashes_the_reader(tmp_path_factory, family, body, raw_tail):
     family = FAMILIES[family]
     path = tmp_path_factory.mktemp("fuzz") / "rows.csv"
-    path.write_bytes(("\n".join([_csv_line(family.header(True)), *body]) + "\n").encode() + raw_tail)
+    path.write_bytes(("\n".join([_csv_line(_header(family, True)), *body]) + "\n").encode() + raw_tail)
     result, messages = _read_recording(path, family)
     if isinstance(result, DataError):
         assert str(path) in str(result)

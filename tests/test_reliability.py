@@ -23,7 +23,8 @@ import pytest
 from bench.kill_resume import TIMING_FIELDS, Training, complete_steps
 from data import tfds_builders
 from data.tasks import MalformedRowWarning
-from train import evaluate, loop, main
+from data import atomic
+from train import checkpointing, evaluate, loop, main
 
 
 def tiny_args(tiny_encoder, small_data, *more: str) -> list[str]:
@@ -221,12 +222,12 @@ def test_nan_loss_stops_training_naming_task_and_step_and_keeps_the_last_checkpo
                                                                                    tmp_path, monkeypatch, capsys):
     make_grad_fns = loop.make_grad_fns
 
-    def poisoned(model, config):
-        grad_fns, calls = make_grad_fns(model, config), []
+    def poisoned(model, config, total_steps):
+        grad_fns, calls = make_grad_fns(model, config, total_steps), []
 
-        def sts(params, batch, key):
+        def sts(params, batch, key, step):
             calls.append(1)
-            loss, grads = grad_fns["sts"](params, batch, key)
+            loss, grads = grad_fns["sts"](params, batch, key, step)
             if len(calls) == 3:
                 return loss * np.nan, jax.tree_util.tree_map(lambda g: g * np.nan, grads)
             return loss, grads
@@ -279,7 +280,7 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tiny_encode
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state["params"]))
     # The failed write's files take space on the full disk: the next run opening the checkpoints removes them.
     assert list(latest.glob("2.orbax-checkpoint-tmp*"))
-    manager, _ = loop._checkpoint_managers(run_dir)
+    manager, _ = checkpointing.managers(run_dir)
     assert manager.latest_step() == 1
     assert not list(latest.glob("2.orbax-checkpoint-tmp*"))
     time.sleep(1)  # nothing of the failed write comes back
@@ -305,7 +306,7 @@ class _FullDiskFile:
 def test_full_disk_while_writing_predictions_keeps_the_previous_files(reference, tmp_path, monkeypatch, capsys):
     run_dir = shutil.copytree(reference, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run_dir / "predictions").iterdir()}
-    monkeypatch.setattr(evaluate, "open", lambda *args, **kwargs: _FullDiskFile(open(*args, **kwargs)), raising=False)
+    monkeypatch.setattr(atomic, "open", lambda *args, **kwargs: _FullDiskFile(open(*args, **kwargs)), raising=False)
     assert evaluate.main(["--checkpoint", str(run_dir)]) == 1
     err = capsys.readouterr().err
     assert (f"error: {run_dir / 'predictions' / 'sst-dev-output.csv'}: cannot write predictions "
@@ -330,7 +331,7 @@ DATA_BREAKAGES = {
     "non-UTF-8": ("sts-dev.csv", lambda p: _rewrite(p, lambda b: b.replace(b"\n", b"\n\xff", 1)),
                   "line 2: not valid UTF-8 (byte 0xff"),
     "wrong header": ("sts-train.csv", lambda p: _rewrite(p, lambda b: b.replace(b"similarity", b"score", 1)),
-                     "line 1: header"),
+                     "line 1: no column 'similarity' (the label of task sts"),
 }
 
 

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from train import evaluate, loop, main, predict, soup
+from train import evaluate, main, predict, soup
+from train.evaluate import evaluate_run
+from train.run import load_run
 
 
 def train_tiny(tiny_encoder, small_data, run_dir, *flags):
@@ -36,8 +38,8 @@ def soup_dir(ingredients, tmp_path_factory):
 
 
 def test_soup_holds_the_float64_mean_of_the_runs_best_parameters(ingredients, soup_dir):
-    runs = [jax.device_get(loop.load_run(d)[1]) for d in ingredients]
-    souped = jax.device_get(loop.load_run(soup_dir)[1])
+    runs = [jax.device_get(load_run(d)[1]) for d in ingredients]
+    souped = jax.device_get(load_run(soup_dir)[1])
     expected = jax.tree_util.tree_map(lambda *leaves: (sum(map(np.float64, leaves)) / 3).astype(np.float32), *runs)
     assert jax.tree_util.tree_structure(souped) == jax.tree_util.tree_structure(expected)
     for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(souped), jax.tree_util.tree_leaves(expected)):
@@ -54,14 +56,14 @@ def test_soup_is_a_run_directory_that_evaluates_and_predicts(ingredients, soup_d
     for item, run_dir in zip(record["soup"], ingredients):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert item["dev"] == max(records, key=lambda r: r["dev"]["overall"])["dev"]
-    assert loop.evaluate_run(soup_dir, ("dev",))["dev_overall"] == pytest.approx(record["dev"]["overall"], abs=1e-6)
+    assert evaluate_run(soup_dir, ("dev",))["dev_overall"] == pytest.approx(record["dev"]["overall"], abs=1e-6)
     assert sorted(p.name for p in (soup_dir / "predictions").iterdir()) == sorted(
         f"{task}-{split}-output.csv" for task in ("sst", "para", "sts") for split in ("dev", "test"))
     assert json.loads((soup_dir / "config.json").read_text()) == json.loads(
         (ingredients[0] / "config.json").read_text())
     assert (soup_dir / "best_encoder" / "params").is_dir() and (soup_dir / "curves.png").stat().st_size > 1000
     assert predict.main(["--checkpoint", str(soup_dir), "A gripping film."]) == 0
-    assert "sentiment" in capsys.readouterr().out
+    assert "sst: " in capsys.readouterr().out
     assert evaluate.main(["--checkpoint", str(soup_dir), "--splits", "dev"]) == 0
 
 

@@ -12,7 +12,10 @@ import pytest
 from tests.conftest import SMALL_ROWS
 from tests.helpers import DATA_DIR, REPO, devices_env
 from train import config as train_config
-from train import evaluate, loop, main, predict
+from data.tasks import registry
+from train import evaluate, loop, main, metrics, predict
+from train.evaluate import evaluate_run
+from train.run import Run, RunError, load_run
 from train.step import make_update
 from train.config import PRESETS, TrainConfig
 
@@ -24,12 +27,12 @@ def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
 
 def test_presets_expand_to_the_reference_rows():
     config, _ = train_config.parse_args(["--preset", "cosfeat-pcgrad-mean"])
-    assert (config.sts_head, config.para_cos_feature, config.pcgrad, config.pooling) == ("cosine", True, True, "mean")
+    assert (config.regression_head, config.cos_feature, config.pcgrad, config.pooling) == ("cosine", "para", True, "mean")
     config, _ = train_config.parse_args(["--preset", "shared-pcgrad", "--no-pcgrad", "--lr", "2e-5"])
     assert config.shared_layer and not config.pcgrad and config.lr == 2e-5
     assert train_config.parse_args(["--preset", "baseline-6041"])[0].samples_per_task == 6041
     baseline = train_config.parse_args(["--preset", "baseline-10000"])[0]
-    assert (baseline.pooling, baseline.sts_head, baseline.pcgrad, baseline.shared_layer) == (
+    assert (baseline.pooling, baseline.regression_head, baseline.pcgrad, baseline.shared_layer) == (
         "cls", "linear", False, False)
     assert set(PRESETS) == {"baseline-6041", "baseline-10000", "shared-pcgrad", "cosine-pcgrad",
                             "cosine-pcgrad-mean", "cosfeat-pcgrad-mean"}
@@ -39,7 +42,7 @@ def test_presets_expand_to_the_reference_rows():
 
 def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     assert train_config.parse_args(["--pool-batches", "3"])[0].pool_batches == 3
-    streams = {pool: loop.Run(tiny_config(tiny_encoder, small_data, pool_batches=pool, samples_per_task=64),
+    streams = {pool: Run(tiny_config(tiny_encoder, small_data, pool_batches=pool, samples_per_task=64),
                               tiny_encoder).stream() for pool in (1, 8)}
     assert {pool: stream.pool_batches for pool, stream in streams.items()} == {1: 1, 8: 8}
     # The same drawn examples, batched from length-sorted pools of one batch or of all eight.
@@ -55,14 +58,14 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--pooling", "mean,max"], "--pooling 'mean,max': choose cls, mean or max"),
     (["--pooling", "sst=cls,mean"], "--pooling 'sst=cls,mean': choose cls, mean or max"),
     (["--pooling", "mean,sst=avg"], "--pooling 'mean,sst=avg': choose cls, mean or max"),
-    (["--tasks", "sst,para", "--pooling", "mean,sts=cls"], "with TASK among the run's tasks (sst,para)"),
-    (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose a subset of"),
-    (["--pair-encoding", "cross", "--sts-head", "cosine"],
+    (["--tasks", "sst,para", "--pooling", "mean,sts=cls"], "with TASK among the run's tasks it applies to (sst,para)"),
+    (["--tasks", "sst,qqp"], "--tasks sst,qqp: choose distinct tasks among sst, para, sts, cfimdb"),
+    (["--pair-encoding", "cross", "--regression-head", "cosine"],
      "--pair-encoding cross: a cross-encoded pair has no sentence"),
-    (["--pair-encoding", "para=cross", "--para-cos-feature"],
+    (["--pair-encoding", "para=cross", "--cos-feature", "para"],
      "--pair-encoding para=cross: a cross-encoded pair has no"),
-    (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi, cross, or TASK=MODE"),
-    (["--swap-pairs", "--pair-encoding", "sts=cross", "--tasks", "sst,para"],
+    (["--pair-encoding", "sts=tri"], "--pair-encoding 'sts=tri': choose bi or cross, then TASK=MODE"),
+    (["--swap-pairs", "--tasks", "sst,para"],
      "--swap-pairs: no task of the run encodes"),
     (["--loss-weights", "sts=0"], "--loss-weights 'sts=0': choose TASK=W[,TASK=W] with TASK among the run's tasks"),
     (["--tasks", "sst", "--loss-weights", "sts=2"], "--loss-weights 'sts=2': choose TASK=W"),
@@ -77,10 +80,19 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--reinit-layers", "1", "--option", "pretrain"], "--reinit-layers: --option pretrain freezes the encoder"),
     (["--rdrop", "-1"], "--rdrop -1.0: must be 0 (off) or a positive weight"),
     (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
-    (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to sst and cfimdb, and --tasks para,sts has neither"),
+    (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to tasks with class logits, and --tasks para,sts has none"),
     (["--ordinal-loss", "-0.5"], "--ordinal-loss -0.5: must be 0 (off) or a positive weight"),
     (["--ordinal-loss", "1", "--tasks", "sts"],
-     "--ordinal-loss: applies to sst and cfimdb, and --tasks sts has neither"),
+     "--ordinal-loss: applies to tasks with class logits, and --tasks sts has none"),
+    (["--lr", "-1"], "--lr -1.0: must be positive"),
+    (["--save-every-steps", "-5"], "--save-every-steps -5: must be 0"),
+    (["--max-length", "2"], "--max-length 2: must be at least 8"),
+    (["--weight-decay", "-0.1"], "--weight-decay -0.1: must be 0 or positive"),
+    (["--select-by", "cfimdb"], "--select-by 'cfimdb': choose overall or a task of the run (sst,para,sts)"),
+    (["--cos-feature", "sts"], "--cos-feature 'sts': name pair-classification tasks"),
+    (["--regression-head", "sst=cosine"], "--regression-head 'sst=cosine': choose linear or cosine, then TASK=MODE"),
+    (["--task-file", "no/such.toml"], "no/such.toml: task file not found"),
+    (["--resume", "runs/a", "--run-dir", "runs/b"], "a resumed run stays in its own directory"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
     assert main.main(argv) == 1
@@ -90,7 +102,7 @@ def test_bad_flags_are_named(argv, message, capsys):
 
 def expected_modules(config: TrainConfig) -> set[str]:
     heads = {"sst": "sst_classifier", "cfimdb": "cfimdb_classifier", "para": "para_classifier"}
-    if config.sts_head == "linear":
+    if config.regression_head == "linear":
         heads["sts"] = "sts_regressor"
     modules = {"bert", *(heads[t] for t in config.tasks if t in heads)}
     if config.shared_layer and {"para", "sts"} & set(config.tasks):
@@ -100,14 +112,14 @@ def expected_modules(config: TrainConfig) -> set[str]:
 
 COMBINATIONS = [
     dict(),
-    dict(pooling="max", sts_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
+    dict(pooling="max", regression_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
          lr_schedule="linear", layer_lr_decay=0.8),
-    dict(pooling="mean", sts_head="cosine", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
-    dict(pair_encoding="cross", sts_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
+    dict(pooling="mean", regression_head="cosine", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
+    dict(pair_encoding="cross", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
     dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
-    dict(dtype="bfloat16", pooling="mean", sts_head="cosine", para_cos_feature=True, pcgrad=True),
-    dict(pair_encoding="para=cross", pooling="mean,sst=cls", sts_head="cosine", shared_layer=True, pcgrad=True,
+    dict(dtype="bfloat16", pooling="mean", regression_head="cosine", cos_feature="para", pcgrad=True),
+    dict(pair_encoding="para=cross", pooling="mean,sst=cls", regression_head="cosine", shared_layer=True, pcgrad=True,
          swap_pairs=True, rdrop=0.5, ordinal_loss=0.5),
 ]
 
@@ -118,7 +130,7 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     from train.step import evaluated_params, init_state, make_grad_fns, make_optimizer, make_update
 
     config = tiny_config(tiny_encoder, small_data, **overrides)
-    run = loop.Run(config, tiny_encoder)
+    run = Run(config, tiny_encoder)
     for task in {"para", "sts"} & set(config.tasks):
         ids = run.data[task].train.ids  # with --swap-pairs, a cross task's pairs twice
         half = len(ids) // 2
@@ -221,11 +233,11 @@ def test_sts_correlation_matches_scipy():
     for preds in (labels + rng.normal(scale=2.0, size=300), 1e4 + 1e-3 * labels + rng.normal(scale=1e-3, size=300),
                   -labels, 2 * labels + 1):
         preds = preds.astype(np.float32)
-        np.testing.assert_allclose(evaluate.task_metric("sts", preds, labels), pearsonr(preds, labels).statistic,
+        np.testing.assert_allclose(metrics.task_metric(registry()["sts"], preds, labels), pearsonr(preds, labels).statistic,
                                    rtol=1e-12, atol=1e-15)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isnan(evaluate.task_metric("sts", np.full(300, 2.5, np.float32), labels))
+        assert np.isnan(metrics.task_metric(registry()["sts"], np.full(300, 2.5, np.float32), labels))
 
 
 def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data):
@@ -236,7 +248,7 @@ def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data
     from train.step import make_grad_fns
 
     plain = tiny_config(tiny_encoder, small_data, tasks=("sst",), dropout=0.0)
-    run = loop.Run(plain, tiny_encoder)
+    run = Run(plain, tiny_encoder)
     params, batch, key = run.init_params(), next(run.train_steps(0))[0]["sst"], jax.random.key(0, impl="rbg")
     no_dropout = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -262,7 +274,7 @@ def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small
 
     plain = tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"))
     weighted = dataclasses.replace(plain, loss_weights="sts=2.5")
-    run = loop.Run(plain, tiny_encoder)
+    run = Run(plain, tiny_encoder)
     params, batches, key = run.init_params(), next(run.train_steps(0))[0], jax.random.key(0, impl="rbg")
     assert (weighted.loss_weight("sst"), weighted.loss_weight("sts")) == (1.0, 2.5)
     loss, grads = make_grad_fns(run.model, plain)["sts"](params, batches["sts"], key)
@@ -282,7 +294,7 @@ def test_swapped_pairs_predict_from_the_mean_output_of_both_orders(tiny_encoder,
     from data.input_pipeline import _make_batch
 
     config = tiny_config(tiny_encoder, small_data, tasks=("sts",), pair_encoding="cross", swap_pairs=True)
-    run = loop.Run(config, tiny_encoder)
+    run = Run(config, tiny_encoder)
     params, data, rows = run.init_params(), run.data["sts"], np.arange(6)
 
     def head_output(split):  # the first rows as one batch, padded to their longest
@@ -301,9 +313,9 @@ def test_swapped_pairs_predict_from_the_mean_output_of_both_orders(tiny_encoder,
 
 def test_per_task_pooling_gives_each_task_the_outputs_of_its_pooling(tiny_encoder, small_data):
     config = tiny_config(tiny_encoder, small_data, pooling="mean,sst=cls,sts=max", dropout=0.0)
-    assert [config.pooling_of(t) for t in ("sst", "para", "sts", "cfimdb")] == ["cls", "mean", "max", "mean"]
+    assert [config.pooling_of(t) for t in ("sst", "para", "sts")] == ["cls", "mean", "max"]
     assert train_config.parse_args(["--pooling", "sst=max"])[0].pooling_of("para") == "cls"  # the default stays cls
-    run = loop.Run(config, tiny_encoder)
+    run = Run(config, tiny_encoder)
     params = run.init_params()
     batches = next(run.train_steps(0))[0]
     for task, pooling in (("sst", "cls"), ("para", "mean"), ("sts", "max")):
@@ -320,8 +332,8 @@ def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_
     from train.losses import task_loss
 
     assert train_config.parse_args(["--encoder-chunks", "3"])[0].encoder_chunks == 3
-    config = tiny_config(tiny_encoder, small_data, pooling="mean", sts_head="cosine", para_cos_feature=True)
-    run = loop.Run(config, tiny_encoder)
+    config = tiny_config(tiny_encoder, small_data, pooling="mean", regression_head="cosine", cos_feature="para")
+    run = Run(config, tiny_encoder)
     params = run.init_params()
     batch = next(run.train_steps(0))[0]["para"]  # bi-encoded pairs: sentences a, then b, in one batch
 
@@ -344,9 +356,9 @@ def test_encoder_chunks_give_the_same_outputs_and_gradients(tiny_encoder, small_
 
 
 @pytest.mark.parametrize("overrides", [dict(pooling="max", shared_layer=True),
-                                       dict(pooling="mean", sts_head="cosine", para_cos_feature=True),
-                                       dict(pair_encoding="para=cross", pooling="mean", sts_head="cosine"),
-                                       dict(pooling="cls,para=mean,sts=max", para_cos_feature=True)])
+                                       dict(pooling="mean", regression_head="cosine", cos_feature="para"),
+                                       dict(pair_encoding="para=cross", pooling="mean", regression_head="cosine"),
+                                       dict(pooling="cls,para=mean,sts=max", cos_feature="para")])
 def test_sentence_level_predictions_match_the_pair_batches(tiny_encoder, small_data, overrides):
     """The Predictor encodes a bi-encoded pair's sentences apart, each padded to its own length; the
     predictions must be those of the model on whole pair batches."""
@@ -354,7 +366,7 @@ def test_sentence_level_predictions_match_the_pair_batches(tiny_encoder, small_d
     from train.losses import predictions
 
     config = tiny_config(tiny_encoder, small_data, **overrides)
-    run = loop.Run(config, tiny_encoder)
+    run = Run(config, tiny_encoder)
     params = run.init_params()
     for task in ("para", "sts"):
         data = run.data[task]
@@ -386,7 +398,7 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
             "--epochs", "2", "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32",
             "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--ema", "0.5", "--run-dir", str(run_dir),
             "--quiet"]
-    predict, evaluated_params = loop.Run.predict, loop.evaluated_params
+    predict, evaluated_params = Run.predict, loop.evaluated_params
 
     def recorded_evaluated_params(state, config):
         params = evaluated_params(state, config)
@@ -395,7 +407,7 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
-        patch.setattr(loop.Run, "predict", lambda self, params, split:
+        patch.setattr(Run, "predict", lambda self, params, split:
                       PREDICTED.append((split, jax.device_get(params))) or predict(self, params, split))
         patch.setattr(loop, "evaluated_params", recorded_evaluated_params)
         assert main.main(argv) == 0
@@ -404,7 +416,7 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
 
 def test_run_writes_every_output(finished_run):
     config = json.loads((finished_run / "config.json").read_text())
-    assert config["preset"] == "cosfeat-pcgrad-mean" and config["pcgrad"] and config["para_cos_feature"]
+    assert config["preset"] == "cosfeat-pcgrad-mean" and config["pcgrad"] and config["cos_feature"] == "para"
     records = read_metrics(finished_run)
     assert [r["epoch"] for r in records] == [0, 1]
     for record in records:
@@ -415,9 +427,8 @@ def test_run_writes_every_output(finished_run):
         assert record["examples_per_s"] > 0 and record["step_time_s"] > 0
         dev = record["dev"]
         assert dev["overall"] == pytest.approx((dev["sst"] + dev["para"] + (dev["sts"] + 1) / 2) / 3)
-    for task, header in evaluate.PREDICTION_HEADERS.items():
-        if task == "cfimdb":
-            continue
+    headers = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similarity"}
+    for task, header in headers.items():
         for split in ("dev", "test"):
             lines = (finished_run / "predictions" / f"{task}-{split}-output.csv").read_text().splitlines()
             assert lines[0] == f"id \t {header} "
@@ -461,7 +472,7 @@ def test_the_update_compiles_once_per_run(finished_run):
 def test_dev_predictions_reproduce_the_best_metrics(finished_run):
     records = read_metrics(finished_run)
     best = max(records, key=lambda r: r["dev"]["overall"])["dev"]
-    scores = loop.evaluate_run(finished_run, ("dev",))
+    scores = evaluate_run(finished_run, ("dev",))
     assert scores["dev_overall"] == pytest.approx(best["overall"], abs=1e-6)
     labels = {}
     for line in (DATA_DIR / "ids-sst-dev.csv").read_text(encoding="utf-8").splitlines()[1 : SMALL_ROWS + 1]:
@@ -476,10 +487,10 @@ def test_dev_predictions_reproduce_the_best_metrics(finished_run):
 def test_predict_cli(finished_run, capsys):
     assert predict.main(["--checkpoint", str(finished_run), "A gripping film."]) == 0
     out = capsys.readouterr().out
-    assert "sentiment" in out and "p = " in out
+    assert "sst: " in out and "(p: negative 0." in out and "positive 0." in out
     assert predict.main(["--checkpoint", str(finished_run), "How do I learn?", "How can I learn?"]) == 0
     out = capsys.readouterr().out
-    assert "paraphrase probability" in out and "similarity" in out
+    assert "para: paraphrase probability 0." in out and "sts: " in out and " on 0-5" in out
 
 
 def test_evaluate_cli_rewrites_predictions(finished_run, capsys):
@@ -519,7 +530,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder,
         {**r, "step_time_s": r2["step_time_s"], "examples_per_s": r2["examples_per_s"]}
         for r, r2 in zip(read_metrics(finished_run), read_metrics(run_dir))
     ] or pytest.fail("metrics differ")
-    ours, reference = (jax.device_get(loop.load_run(d)[1]) for d in (run_dir, finished_run))
+    ours, reference = (jax.device_get(load_run(d)[1]) for d in (run_dir, finished_run))
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
         np.testing.assert_array_equal(a, b)
 
@@ -544,7 +555,7 @@ def test_layer_lr_decay_scales_each_layer_update_of_the_model(tiny_encoder, smal
     from train.step import init_state, make_optimizer
 
     plain = tiny_config(tiny_encoder, small_data)
-    params = loop.Run(plain, tiny_encoder).init_params()
+    params = Run(plain, tiny_encoder).init_params()
     grads = jax.tree.map(lambda p: jax.numpy.full_like(p, 0.1), params)
     updates = []
     for config in (plain, dataclasses.replace(plain, layer_lr_decay=0.5)):
@@ -577,7 +588,7 @@ def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encod
     plain = tiny_config(encoder, small_data)
     config = dataclasses.replace(plain, reinit_layers=1)
     configs = (config, config, plain, dataclasses.replace(config, seed=plain.seed + 1))
-    fresh, again, kept, other_seed = (jax.device_get(loop.Run(c, encoder).init_params()) for c in configs)
+    fresh, again, kept, other_seed = (jax.device_get(Run(c, encoder).init_params()) for c in configs)
 
     def check(path, value, value_again, kept_value, other_seed_value):
         names = [k.key for k in path]
@@ -593,8 +604,8 @@ def test_reinit_layers_draws_the_top_layers_afresh_and_keeps_the_rest(tiny_encod
             assert not np.allclose(value, kept_value), name
 
     jax.tree_util.tree_map_with_path(check, fresh, again, kept, other_seed)
-    with pytest.raises(loop.RunError, match="--reinit-layers 3: the encoder in .* has 2 layers"):
-        loop.Run(dataclasses.replace(plain, reinit_layers=3), encoder)
+    with pytest.raises(RunError, match="--reinit-layers 3: the encoder in .* has 2 layers"):
+        Run(dataclasses.replace(plain, reinit_layers=3), encoder)
 
 
 def test_linear_schedule_decays_to_zero_at_the_last_step():
@@ -613,11 +624,11 @@ def test_linear_schedule_decays_to_zero_at_the_last_step():
 
 TWO_DEVICE_SCRIPT = """
 import json, sys, jax
-from train import loop
 from train.config import TrainConfig
+from train.run import Run
 from train.step import init_state, make_grad_fns, make_optimizer
 config = TrainConfig(**json.loads(sys.argv[1]))
-run = loop.Run(config, config.init_checkpoint)
+run = Run(config, config.init_checkpoint)
 state = init_state(run.init_params(), make_optimizer(config, total_steps=1))
 batches, _ = next(run.train_steps(0))
 grad_fns = make_grad_fns(run.model, config)
@@ -656,7 +667,7 @@ def test_batch_not_divisible_by_devices_is_refused(tiny_encoder, small_data):
 def test_compilation_cache_keeps_programs_that_compile_quickly(tmp_path):
     """enable_compilation_cache writes every compiled program to disk, even one that compiles in milliseconds (a
     fresh process: JAX sets up its cache once per process)."""
-    code = ("import sys, jax\nfrom pathlib import Path\nfrom train.loop import enable_compilation_cache\n"
+    code = ("import sys, jax\nfrom pathlib import Path\nfrom train.run import enable_compilation_cache\n"
             "enable_compilation_cache(Path(sys.argv[1]))\n"
             "jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], env=devices_env(1),

@@ -1,18 +1,20 @@
-"""Training configuration: one dataclass holding every setting, presets, and the command line."""
+"""Training configuration: one dataclass holding every setting, presets, and the command line.
+
+Tasks come from the registry (data/tasks.py): the built-in ones and those of --task-file. Per-task settings
+name tasks as data (`--pooling mean,sst=cls`, `--pair-encoding para=cross`); nothing here branches on a name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
-__all__ = ["TrainConfig", "PRESETS", "TASKS", "CLASSIFICATION_TASKS", "ConfigError", "parse_args"]
+from data.tasks import DataError, TaskSpec, registry
 
-# Task name on the command line -> data family (data/tasks.py).
-TASKS = {"sst": "sst", "para": "quora", "sts": "sts", "cfimdb": "cfimdb"}
-# The tasks with class labels (cross-entropy, label smoothing, R-Drop); the others are sentence pairs.
-CLASSIFICATION_TASKS = ("sst", "cfimdb")
+__all__ = ["TrainConfig", "PRESETS", "ConfigError", "parse_args", "build_parser"]
 
 
 class ConfigError(ValueError):
@@ -24,27 +26,30 @@ class TrainConfig:
     """Every setting of a training run (saved as the run's config.json)."""
 
     tasks: tuple[str, ...] = ("sst", "para", "sts")
+    task_files: tuple[str, ...] = ()  # TOML files declaring more tasks (data/tasks.py)
     option: str = "finetune"  # finetune | pretrain (encoder frozen, heads only)
     # cls (pooler output) | mean | max, optionally followed by per-task choices, e.g. "mean,sst=cls"
     pooling: str = "cls"
-    # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence | per task, e.g. "para=cross"
-    # (a task left out is bi)
+    # bi: two sentences encoded apart | cross: one [CLS] a [SEP] b [SEP] sequence | per pair task, e.g. "para=cross"
     pair_encoding: str = "bi"
-    para_cos_feature: bool = False
+    cos_feature: str = ""  # bi-encoded pair-classification tasks whose head also reads cos(u, v), e.g. "para"
     swap_pairs: bool = False  # cross-encoded pairs also trained, and predicted, with their sentences swapped
-    sts_head: str = "linear"  # linear | cosine
-    sts_target: str = "binary"  # binary (label > 2) | scaled (label / 5)
+    regression_head: str = "linear"  # linear | cosine, per pair-regression task as in pooling
+    regression_target: str = "binary"  # binary (label above the task's threshold) | scaled (label range to 0-1)
     shared_layer: bool = False
     pcgrad: bool = False
     loss_weights: str = ""  # per-task multipliers of the loss's gradient, e.g. "sts=10" (a task left out: 1)
     dropout: float = 0.3
-    label_smoothing: float = 0.0  # share of the uniform distribution in the sst and cfimdb targets
-    rdrop: float = 0.0  # weight of R-Drop's KL term between two dropout passes of sst and cfimdb (0: one pass)
-    ordinal_loss: float = 0.0  # weight of the squared earth mover's distance in the sst and cfimdb losses
+    label_smoothing: float = 0.0  # share of the uniform distribution in the targets of class-logit tasks
+    rdrop: float = 0.0  # weight of R-Drop's KL term between two dropout passes of class-logit tasks (0: one pass)
+    ordinal_loss: float = 0.0  # weight of the squared earth mover's distance in class-logit tasks' losses
     lr: float = 1e-5
     layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
     reinit_layers: int = 0  # top encoder layers that start from BERT's random initialisation instead of the checkpoint
     lr_schedule: str = "constant"  # constant | linear (from lr down to 0 at the run's last step)
+    warmup_steps: int = 0  # updates of linear warmup from 0 to lr before the schedule
+    warmup_ratio: float = 0.0  # the same as a share of the run's updates (with warmup_steps 0)
+    max_grad_norm: float = 0.0  # clip the combined gradient to this global norm before AdamW (0: no clipping)
     weight_decay: float = 0.0
     decay_mask: str = "all"  # all | no-layernorm-bias
     ema: float = 0.0  # decay of a moving average of the parameters, which is then evaluated and kept (0: none)
@@ -62,13 +67,17 @@ class TrainConfig:
     data_dir: str = "data/cs224n"
     eval_batch_size: int = 128
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    teachers: str = ""  # TASK=FILE[,TASK=FILE]: teacher files (train/teach.py) the tasks also learn from
+    teacher_weight: float = 0.5  # the distillation loss's share of a taught task's objective
+    teacher_annealing: bool = False  # instead, the gold share rises linearly from 0 to 1 over the run (BAM)
+    select_by: str = "overall"  # the dev score that picks the best epoch: overall, or a task's metric
+    tensorboard: bool = True  # TensorBoard event files in the run directory
+    log_every: int = 50  # steps between TensorBoard points of the training losses and learning rate
     preset: str | None = None
 
     def __post_init__(self):
         choices = {
             "option": ("finetune", "pretrain"),
-            "sts_head": ("linear", "cosine"),
-            "sts_target": ("binary", "scaled"),
             "sampling": ("resample", "min", "proportional", "annealed"),
             "lr_schedule": ("constant", "linear"),
             "decay_mask": ("all", "no-layernorm-bias"),
@@ -78,33 +87,52 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: choose from {', '.join(allowed)}")
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise ConfigError(f"--tasks {','.join(self.tasks)}: choose a subset of {', '.join(TASKS)}")
-        encodings = self._pair_encodings()
-        if (encodings["sts"] == "cross" and self.sts_head == "cosine"
-                or encodings["para"] == "cross" and self.para_cos_feature):
+        known = self.registry
+        unknown = [t for t in self.tasks if t not in known]
+        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"--tasks {','.join(self.tasks)}: choose distinct tasks among {', '.join(known)}"
+                              + ("" if self.task_files else " (or declare more with --task-file)"))
+        for task in _names(self.cos_feature):  # a preset may name a task the run leaves out
+            if task not in known or known[task].kind != "pair-classification":
+                raise ConfigError(f"--cos-feature {self.cos_feature!r}: name pair-classification tasks")
+        crossed = [t for t in self.tasks if self.sequence_mode(t) == "cross"]
+        blocked = [t for t in crossed if t in _names(self.cos_feature) or self.regression_head_of(t) == "cosine"]
+        if blocked:
             raise ConfigError(f"--pair-encoding {self.pair_encoding}: a cross-encoded pair has no sentence embeddings; "
-                              "it excludes --sts-head cosine (sts) and --para-cos-feature (para)")
-        if self.swap_pairs and "cross" not in map(self.sequence_mode, self.tasks):
+                              f"{blocked[0]} cannot have a cosine head or --cos-feature")
+        if self.swap_pairs and not crossed:
             raise ConfigError("--swap-pairs: no task of the run encodes its pairs as one sequence; add --pair-encoding "
-                              "cross or para=cross or sts=cross")
-        for name in ("epochs", "batch_size", "samples_per_task", "max_length", "num_buckets", "pool_batches",
-                     "eval_batch_size", "encoder_chunks"):
+                              "cross or TASK=cross")
+        for name in ("epochs", "batch_size", "samples_per_task", "num_buckets", "pool_batches",
+                     "eval_batch_size", "encoder_chunks", "log_every"):
             value = getattr(self, name)
             if value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, not {value}")
+        if self.max_length < 8:
+            raise ConfigError(f"--max-length {self.max_length}: must be at least 8 ([CLS], [SEP] and some words)")
+        if self.save_every_steps < 0:
+            raise ConfigError(f"--save-every-steps {self.save_every_steps}: must be 0 (each epoch's end) or positive")
+        if not 0 < self.lr < float("inf"):
+            raise ConfigError(f"--lr {self.lr}: must be positive")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps and self.warmup_ratio:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} --warmup-ratio {self.warmup_ratio}: give at most one, "
+                              "steps 0 or more, or a ratio in [0, 1)")
+        if not 0 <= self.max_grad_norm < float("inf"):
+            raise ConfigError(f"--max-grad-norm {self.max_grad_norm}: must be 0 (no clipping) or positive")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ConfigError(f"--weight-decay {self.weight_decay}: must be 0 or positive")
         for name in ("dropout", "ema", "label_smoothing"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
+        logit_tasks = [t for t in self.tasks if self.spec(t).has_class_logits]
         for name in ("rdrop", "ordinal_loss"):
             flag, weight = f"--{name.replace('_', '-')}", getattr(self, name)
             if not 0 <= weight < float("inf"):
                 raise ConfigError(f"{flag} {weight}: must be 0 (off) or a positive weight")
-            if weight and not set(CLASSIFICATION_TASKS) & set(self.tasks):
-                raise ConfigError(f"{flag}: applies to {' and '.join(CLASSIFICATION_TASKS)}, and --tasks "
-                                  f"{','.join(self.tasks)} has neither")
+            if weight and not logit_tasks:
+                raise ConfigError(f"{flag}: applies to tasks with class logits, and --tasks {','.join(self.tasks)} "
+                                  "has none")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":
@@ -114,43 +142,62 @@ class TrainConfig:
         if self.reinit_layers and self.option == "pretrain":
             raise ConfigError("--reinit-layers: --option pretrain freezes the encoder, whose re-initialised layers "
                               "would stay random")
+        if self.select_by not in ("overall", *self.tasks):
+            raise ConfigError(f"--select-by {self.select_by!r}: choose overall or a task of the run "
+                              f"({','.join(self.tasks)})")
         self._loss_weights()
-        self._poolings()
+        self.teacher_files()
+        if not 0 <= self.teacher_weight <= 1:
+            raise ConfigError(f"--teacher-weight {self.teacher_weight}: must be in [0, 1]")
+        for flag, value, modes, kinds in self._per_task_flags():
+            _per_task(flag, value, modes, [t for t in self.tasks if self.spec(t).kind in kinds])
 
-    def _pair_encodings(self) -> dict[str, str]:
-        value, modes = self.pair_encoding, ("bi", "cross")
-        if value in modes:
-            return {"para": value, "sts": value}
-        return {"para": "bi", "sts": "bi", **_task_values(
-            "--pair-encoding", value, ("para", "sts"), lambda mode: mode if mode in modes else None,
-            "bi, cross, or TASK=MODE[,TASK=MODE] with TASK para or sts and MODE bi or cross")}
-
-    def pair_mode(self, task: str) -> str:
-        """How the sentence pairs of `task` (para or sts) are encoded: "bi" or "cross"."""
-        return self._pair_encodings()[task]
-
-    def sequence_mode(self, task: str) -> str:
-        """How any task's examples are encoded: "single" (sst, cfimdb), or its pair_mode."""
-        return self._pair_encodings().get(task, "single")
-
-    def _poolings(self) -> dict[str, str]:
-        modes = ("cls", "mean", "max")
-        first, *rest = self.pooling.split(",")
-        default, per_task = ("cls", [first, *rest]) if "=" in first else (first, rest)
-        expected = (f"cls, mean or max, then TASK=MODE items for tasks pooled otherwise, with TASK among the run's "
-                    f"tasks ({','.join(self.tasks)}), e.g. mean,sst=cls")
+    @functools.cached_property
+    def registry(self) -> dict[str, TaskSpec]:
+        """Every task this config can name: the built-in ones (files in --data-dir) and those of --task-file."""
         try:
-            if default not in modes or any("=" not in item for item in per_task):
-                raise ConfigError
-            chosen = _task_values("--pooling", ",".join(per_task), self.tasks,
-                                  lambda mode: mode if mode in modes else None, expected) if per_task else {}
-        except ConfigError:
-            raise ConfigError(f"--pooling {self.pooling!r}: choose {expected}") from None
-        return {task: chosen.get(task, default) for task in TASKS}
+            return registry(tuple(self.task_files), self.data_dir)
+        except DataError as err:
+            raise ConfigError(str(err)) from None
+
+    def spec(self, task: str) -> TaskSpec:
+        """The registry's declaration of `task`."""
+        return self.registry[task]
+
+    def _per_task_flags(self):
+        return (("--pooling", self.pooling, ("cls", "mean", "max"), ("classification", "pair-classification",
+                                                                    "pair-regression")),
+                ("--pair-encoding", self.pair_encoding, ("bi", "cross"), ("pair-classification", "pair-regression")),
+                ("--regression-head", self.regression_head, ("linear", "cosine"), ("pair-regression",)),
+                ("--regression-target", self.regression_target, ("binary", "scaled"), ("pair-regression",)))
+
+    def _choice(self, index: int, task: str) -> str:
+        flag, value, modes, kinds = self._per_task_flags()[index]
+        return _per_task(flag, value, modes, [t for t in self.tasks if self.spec(t).kind in kinds])[task]
 
     def pooling_of(self, task: str) -> str:
         """How `task`'s sentence (or cross-encoded pair) embeddings are pooled: "cls", "mean" or "max"."""
-        return self._poolings()[task]
+        return self._choice(0, task)
+
+    def pair_mode(self, task: str) -> str:
+        """How the sentence pairs of a pair task are encoded: "bi" or "cross"."""
+        return self._choice(1, task)
+
+    def sequence_mode(self, task: str) -> str:
+        """How any task's examples are encoded: "single" (one sentence), or its pair_mode."""
+        return self.pair_mode(task) if self.spec(task).is_pair else "single"
+
+    def regression_head_of(self, task: str) -> str | None:
+        """A pair-regression task's head, "linear" or "cosine" (None for other tasks)."""
+        return self._choice(2, task) if self.spec(task).is_regression else None
+
+    def regression_target_of(self, task: str) -> str | None:
+        """A pair-regression task's training target, "binary" or "scaled" (None for other tasks)."""
+        return self._choice(3, task) if self.spec(task).is_regression else None
+
+    def uses_cos_feature(self, task: str) -> bool:
+        """True for a pair-classification task whose head also reads cos(u, v) (--cos-feature)."""
+        return task in _names(self.cos_feature)
 
     def _loss_weights(self) -> dict[str, float]:
         if not self.loss_weights:
@@ -163,16 +210,59 @@ class TrainConfig:
         """The multiplier of `task`'s loss in its gradient (--loss-weights; 1 for a task it leaves out)."""
         return self._loss_weights().get(task, 1.0)
 
+    def teacher_files(self) -> dict[str, str]:
+        """{task: teacher file} of --teacher."""
+        if not self.teachers:
+            return {}
+        return _task_values("--teacher", self.teachers, self.tasks, lambda path: path or None,
+                            f"TASK=FILE[,TASK=FILE] with TASK among the run's tasks ({','.join(self.tasks)})")
+
     def to_json(self, path: str | Path) -> None:
         """Writes the config as JSON."""
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
-        """Reads a config written by `to_json`."""
-        values = json.loads(Path(path).read_text())
-        values["tasks"] = tuple(values["tasks"])
+        """Reads a config written by `to_json` (also one written before the task registry: its sts- and para-
+        named settings are read as the per-task settings that replaced them)."""
+        values = _upgraded(json.loads(Path(path).read_text()))
+        for name in ("tasks", "task_files"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**values)
+
+
+def _upgraded(values: dict) -> dict:
+    """Settings of a config.json from before the task registry, renamed: sts_head and sts_target became the
+    per-task regression settings, para_cos_feature the list --cos-feature."""
+    values = dict(values)
+    if "sts_head" in values:
+        values["regression_head"] = values.pop("sts_head")
+    if "sts_target" in values:
+        values["regression_target"] = values.pop("sts_target")
+    if "para_cos_feature" in values:
+        values["cos_feature"] = "para" if values.pop("para_cos_feature") else ""
+    return values
+
+
+def _names(value: str) -> list[str]:
+    return [name for name in value.split(",") if name]
+
+
+def _per_task(flag: str, value: str, modes: tuple[str, ...], tasks: list[str]) -> dict[str, str]:
+    """{task: mode} for each of `tasks` from a flag's value: MODE, then TASK=MODE items, or only TASK=MODE items
+    (the first mode listed for the tasks left out); ConfigError naming the flag otherwise."""
+    first, *rest = value.split(",")
+    default, per_task = (modes[0], [first, *rest]) if "=" in first else (first, rest)
+    expected = (f"{', '.join(modes[:-1])} or {modes[-1]}, then TASK=MODE items with TASK among the run's tasks it "
+                f"applies to ({','.join(tasks) or 'none'}), e.g. {modes[-1]},{(tasks or ['TASK'])[0]}={modes[0]}")
+    try:
+        if default not in modes or any("=" not in item for item in per_task):
+            raise ConfigError
+        chosen = _task_values(flag, ",".join(per_task), tasks, lambda mode: mode if mode in modes else None,
+                              expected) if per_task else {}
+    except ConfigError:
+        raise ConfigError(f"{flag} {value!r}: choose {expected}") from None
+    return {task: chosen.get(task, default) for task in tasks}
 
 
 def _task_values(flag: str, value: str, tasks, parse, expected: str) -> dict:
@@ -201,83 +291,99 @@ PRESETS: dict[str, dict] = {
     "baseline-6041": dict(samples_per_task=6041),
     "baseline-10000": dict(samples_per_task=10_000),
     "shared-pcgrad": dict(shared_layer=True, pcgrad=True),
-    "cosine-pcgrad": dict(sts_head="cosine", pcgrad=True),
-    "cosine-pcgrad-mean": dict(sts_head="cosine", pcgrad=True, pooling="mean"),
-    "cosfeat-pcgrad-mean": dict(sts_head="cosine", para_cos_feature=True, pcgrad=True, pooling="mean"),
+    "cosine-pcgrad": dict(regression_head="cosine", pcgrad=True),
+    "cosine-pcgrad-mean": dict(regression_head="cosine", pcgrad=True, pooling="mean"),
+    "cosfeat-pcgrad-mean": dict(regression_head="cosine", cos_feature="para", pcgrad=True, pooling="mean"),
 }
 
 
-def _bool_flag(parser, name, help_text):
-    parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m train.main` argument parser; every option defaults to None (= config default)."""
+    """The `python -m train.main` argument parser; every option defaults to None (= the config's default, which
+    its help names). Explicit flags win over --preset wherever they are placed."""
     p = argparse.ArgumentParser(
         prog="python -m train.main",
-        description="Multi-task fine-tuning of a Flax BERT on SST-5, Quora and STS.",
+        description="Multi-task fine-tuning of a Flax BERT on SST-5, Quora and STS, and tasks declared in TOML files.",
     )
-    p.add_argument("--preset", help=f"a reference-report row: {', '.join(PRESETS)}; later flags override it")
-    p.add_argument("--tasks", help="comma-separated subset of " + ",".join(TASKS))
-    p.add_argument("--option", help="finetune (default) or pretrain (encoder frozen, heads only)")
-    p.add_argument("--pooling", help="cls (default), mean or max, for every task; then per task, e.g. mean,sst=cls "
-                                     "(sst pooled by [CLS], the others by mean)")
-    p.add_argument("--pair-encoding", help="bi (default: two sentence embeddings), cross (one pair sequence), or per "
-                                           "task, e.g. para=cross (a task left out is bi)")
-    _bool_flag(p, "para-cos-feature", "append cos(u, v) to the paraphrase head input")
-    _bool_flag(p, "swap-pairs", "train cross-encoded pairs in both orders (a b and b a; their training sets "
-                                "hold every pair twice) and predict from the mean output of both orders")
-    p.add_argument("--sts-head", help="linear (default) or cosine")
-    p.add_argument("--sts-target", help="binary (label > 2, default) or scaled (label / 5)")
-    _bool_flag(p, "shared-layer", "one dense layer shared by the paraphrase and STS heads")
-    _bool_flag(p, "pcgrad", "combine task gradients with PCGrad instead of summing them")
-    p.add_argument("--loss-weights", help="per-task multipliers of the loss in its gradient, e.g. sts=10 (default 1 "
-                                          "for every task; the logged losses stay unweighted)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--label-smoothing", type=float, help="train sst and cfimdb against their labels mixed with this "
-                                                          "share of the uniform distribution (default 0)")
-    p.add_argument("--rdrop", type=float, metavar="ALPHA",
-                   help="R-Drop for sst and cfimdb: each batch runs twice under different dropout masks, and the "
-                        "loss is the passes' mean loss (cross-entropy, plus the --ordinal-loss term) plus ALPHA "
-                        "times their symmetric KL divergence (default 0: one pass; a step costs those tasks twice "
-                        "the compute)")
-    p.add_argument("--ordinal-loss", type=float, metavar="ALPHA",
-                   help="add to the cross-entropy of sst and cfimdb ALPHA times the squared earth mover's distance "
-                        "between the predicted distribution and the label (Hou et al. 2016): their classes are "
-                        "ordered, and this term charges a prediction by how far it misses (default 0)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--layer-lr-decay", type=float, help="multiply the learning rate by this factor per layer down "
-                                                         "from the heads: the top encoder layer trains at lr x D, the "
-                                                         "embeddings at lr x D^(layers+1) (default 1: one rate)")
-    p.add_argument("--reinit-layers", type=int, metavar="N",
-                   help="start the top N encoder layers from BERT's random initialisation (normal(0, 0.02) weights, "
-                        "zero biases, unit LayerNorm; seeded) instead of the checkpoint's (Zhang et al. 2021; "
-                        "default 0)")
-    p.add_argument("--lr-schedule", help="constant (default) or linear (decays to 0 at the run's last step)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--decay-mask", help="all (default) or no-layernorm-bias")
-    p.add_argument("--ema", type=float, help="evaluate, and keep as the best checkpoint, an exponential moving "
-                                             "average of the parameters with this decay per step, e.g. 0.999 "
-                                             "(default 0: the parameters themselves)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="examples per task per step")
-    p.add_argument("--samples-per-task", type=int)
-    p.add_argument("--sampling", help="resample (default), min, proportional or annealed")
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--num-buckets", type=int, help="padded sequence lengths per task (default 20)")
-    p.add_argument("--dtype", help="float32 (default) or bfloat16: the encoder's computation dtype (parameters and "
-                                   "optimizer state stay float32; bfloat16 steps are about 1.5x faster on this CPU)")
-    p.add_argument("--encoder-chunks", type=int, help="encode each batch's rows in this many independent groups "
-                                                      "(default 1; same results; 2 made a float32 step about 7%% "
-                                                      "faster on a 2-core Intel Xeon, no faster on a 2-core AMD "
-                                                      "EPYC; compiling takes about 2x longer)")
-    p.add_argument("--pool-batches", type=int, help="batches cut from one length-sorted pool of drawn examples "
-                                                    "(default 256; more pad less)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--init-checkpoint", help="converted checkpoint directory (default: checkpoints/minilm-l6)")
-    p.add_argument("--data-dir")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--save-every-steps", type=int)
+
+    def add(name: str, help_text: str, kind=str, **kwargs):
+        field = name.replace("-", "_")
+        p.add_argument(f"--{name}", type=kind, help=f"{help_text} (default {_default(field)})", **kwargs)
+
+    def flag(name: str, help_text: str):
+        p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+
+    p.add_argument("--preset", help=f"a reference-report row: {', '.join(PRESETS)}; explicit flags override it")
+    add("tasks", "comma-separated tasks: built-in sst, para, sts, cfimdb, or tasks of --task-file")
+    p.add_argument("--task-file", action="append", metavar="TOML",
+                   help="a TOML file declaring tasks (schema in README and data/tasks.py); may be repeated")
+    add("option", "finetune, or pretrain (encoder frozen, heads only)")
+    add("pooling", "cls, mean or max for every task, then per task, e.g. mean,sst=cls")
+    add("pair-encoding", "bi (two sentence embeddings) or cross (one pair sequence), per pair task as in --pooling, "
+                         "e.g. para=cross")
+    add("cos-feature", "bi-encoded pair-classification tasks whose head also reads cos(u, v), e.g. para")
+    flag("swap-pairs", "train cross-encoded pairs in both orders (a b and b a; their training sets hold every pair "
+                       "twice) and predict from the mean output of both orders")
+    add("regression-head", "linear, or cosine (Sentence-BERT: the cosine of the two embeddings), per pair-regression "
+                           "task as in --pooling")
+    add("regression-target", "binary (label above the task's binary_threshold, cross-entropy) or scaled (label "
+                             "range mapped to 0-1, squared error), per pair-regression task as in --pooling")
+    flag("shared-layer", "one dense layer shared by the heads of the pair tasks")
+    flag("pcgrad", "combine task gradients with PCGrad instead of summing them")
+    add("loss-weights", "per-task multipliers of the loss in its gradient, e.g. sts=10 (the logged losses stay "
+                        "unweighted)")
+    add("dropout", "dropout rate before the task heads (the encoder keeps its checkpoint's own rates)", float)
+    add("label-smoothing", "train tasks with class logits against their labels mixed with this share of the "
+                           "uniform distribution", float)
+    add("rdrop", "R-Drop for tasks with class logits: each batch runs twice under different dropout masks, and the "
+                 "loss is the passes' mean loss plus ALPHA times their symmetric KL divergence (0: one pass; a step "
+                 "costs those tasks twice the compute)", float, metavar="ALPHA")
+    add("ordinal-loss", "add ALPHA times the squared earth mover's distance between the predicted distribution and "
+                        "the label to the cross-entropy of tasks with class logits (Hou et al. 2016): for ordered "
+                        "classes, it charges a prediction by how far it misses", float, metavar="ALPHA")
+    add("lr", "learning rate", float)
+    add("layer-lr-decay", "multiply the learning rate by this factor per layer down from the heads: the top encoder "
+                          "layer trains at lr x D, the embeddings at lr x D^(layers+1)", float)
+    add("reinit-layers", "start the top N encoder layers from BERT's random initialisation (seeded) instead of the "
+                         "checkpoint's (Zhang et al. 2021)", int, metavar="N")
+    add("lr-schedule", "constant, or linear (decays to 0 at the run's last step)")
+    add("warmup-steps", "updates of linear warmup from 0 to --lr, then --lr-schedule", int)
+    add("warmup-ratio", "warmup as a share of the run's updates, e.g. 0.1", float)
+    add("max-grad-norm", "clip the combined task gradient (after PCGrad) to this global norm before AdamW; 0: no "
+                         "clipping", float)
+    add("weight-decay", "AdamW's decoupled weight decay", float)
+    add("decay-mask", "all, or no-layernorm-bias")
+    add("ema", "evaluate, and keep as the best checkpoint, an exponential moving average of the parameters with "
+               "this decay per step, e.g. 0.999 (0: the parameters themselves)", float)
+    add("epochs", "epochs", int)
+    add("batch-size", "examples per task per step", int)
+    add("samples-per-task", "examples drawn per task and epoch (--sampling resample)", int)
+    add("sampling", "resample, min, proportional or annealed")
+    add("max-length", "tokens per sequence, longer ones cut", int)
+    add("num-buckets", "padded sequence lengths per task: fewer compile faster, more pad less", int)
+    add("dtype", "float32 or bfloat16: the encoder's computation dtype (parameters and optimizer state stay float32)")
+    add("encoder-chunks", "encode each batch's rows in this many independent groups (same results; "
+                          "docs/benchmarks.md says where it pays)", int)
+    add("pool-batches", "batches cut from one length-sorted pool of drawn examples: more pad less", int)
+    add("seed", "seed of the data order, dropout and head initialisation", int)
+    add("init-checkpoint", "converted checkpoint directory")
+    add("data-dir", "folder of the built-in tasks' files")
+    add("eval-batch-size", "examples per evaluation batch", int)
+    add("save-every-steps", "also checkpoint every N steps (0: at each epoch's end only)", int)
+    p.add_argument("--teacher", action="append", metavar="TASK=FILE",
+                   help="distil TASK from a teacher file written by `python -m train.teach` (its predictions on the "
+                        "task's training rows): the task's objective mixes its gold loss with the loss to the "
+                        "teacher's targets; may be repeated")
+    add("teacher-weight", "the distillation loss's share of a taught task's objective", float)
+    flag("teacher-annealing", "instead of --teacher-weight, the gold loss's share rises linearly from 0 at the first "
+                              "update to 1 at the last (teacher annealing, Clark et al. 2019)")
+    add("select-by", "the dev score that picks the best epoch: overall, or a task of the run")
+    flag("tensorboard", "write TensorBoard event files into the run directory (default on; view them with "
+                        "`tensorboard --logdir runs/`)")
+    add("log-every", "steps between TensorBoard points of the training losses and the learning rate", int)
     p.add_argument("--run-dir", help="default: runs/<time>-<preset or custom>")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
@@ -302,8 +408,12 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
         if args.preset not in PRESETS:
             raise ConfigError(f"--preset {args.preset!r} does not exist: choose from {', '.join(PRESETS)}")
         values.update(PRESETS[args.preset], preset=args.preset)
-    field_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    field_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task_files", "teachers"}
     for name, value in vars(args).items():
         if name in field_names and name != "preset" and value is not None:
             values[name] = tuple(t.strip() for t in value.split(",") if t.strip()) if name == "tasks" else value
+    if args.task_file:
+        values["task_files"] = tuple(args.task_file)
+    if args.teacher:
+        values["teachers"] = ",".join(args.teacher)
     return TrainConfig(**values), args

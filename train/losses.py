@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .config import CLASSIFICATION_TASKS, TrainConfig
+from .config import TrainConfig
 
-__all__ = ["task_loss", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd", "symmetric_kl"]
+__all__ = ["task_loss", "distillation_loss", "gold_share", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd", "symmetric_kl"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -35,27 +35,60 @@ def squared_emd(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.square(cumulative - target).sum(-1)
 
 
-def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
-    """Mean loss over the real (weight 1) rows of a task batch.
+def _regression_scale(config: TrainConfig, task: str) -> tuple[float, float]:
+    low, high = config.spec(task).label_range
+    return low, high - low
 
-    sst/cfimdb: cross-entropy (against smoothed labels with --label-smoothing), plus --ordinal-loss times
-    `squared_emd`; para: binary cross-entropy on the logit; sts: with the linear head, BCE on (label > 2) or MSE
-    on label / 5; with the cosine head, MSE between the cosine and the target.
-    """
-    labels, weights = batch["labels"], batch["weights"]
-    if task in CLASSIFICATION_TASKS:
+
+def _per_example_loss(outputs: jax.Array, labels: jax.Array, task: str, config: TrainConfig) -> jax.Array:
+    spec = config.spec(task)
+    if spec.has_class_logits:
         per_example = smoothed_cross_entropy(outputs, labels, config.label_smoothing)
         if config.ordinal_loss:
             per_example = per_example + config.ordinal_loss * squared_emd(outputs, labels)
-    elif task == "para":
-        per_example = optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
+        return per_example
+    if not spec.is_regression:
+        return optax.sigmoid_binary_cross_entropy(outputs, labels.astype(jnp.float32))
+    if config.regression_target_of(task) == "binary":
+        target = (labels > spec.threshold).astype(jnp.float32)
+        if config.regression_head_of(task) == "linear":
+            return optax.sigmoid_binary_cross_entropy(outputs, target)
+        return jnp.square(outputs - target)
+    low, width = _regression_scale(config, task)
+    return jnp.square(outputs - (labels - low) / width if low else outputs - labels / width)
+
+
+def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
+    """Mean loss over the real (weight 1) rows of a task batch, by the task's kind (data/tasks.py).
+
+    Class logits: cross-entropy (against smoothed labels with --label-smoothing), plus --ordinal-loss times
+    `squared_emd`; a two-class pair task's one logit: binary cross-entropy; pair-regression: with the linear head
+    on the binary target, BCE on (label > the task's threshold); otherwise squared error between the output and
+    the label mapped from its range to 0-1.
+    """
+    return _weighted_mean(_per_example_loss(outputs, batch["labels"], task, config), batch["weights"])
+
+
+def distillation_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
+    """Mean loss over the real rows against the teacher's targets (batch["teacher"], data/teachers.py): the
+    cross-entropy to its class distribution (a two-class pair task: binary cross-entropy to its probability of
+    class 1), or for scores the task's own loss with the teacher's score as the label."""
+    teacher, spec = batch["teacher"], config.spec(task)
+    if spec.has_class_logits:
+        per_example = optax.softmax_cross_entropy(outputs, teacher)
+    elif not spec.is_regression:
+        per_example = optax.sigmoid_binary_cross_entropy(outputs, teacher[:, 1])
     else:
-        target = (labels > 2).astype(jnp.float32) if config.sts_target == "binary" else labels / 5.0
-        if config.sts_head == "linear" and config.sts_target == "binary":
-            per_example = optax.sigmoid_binary_cross_entropy(outputs, target)
-        else:
-            per_example = jnp.square(outputs - target)
-    return _weighted_mean(per_example, weights)
+        per_example = _per_example_loss(outputs, teacher, task, config)
+    return _weighted_mean(per_example, batch["weights"])
+
+
+def gold_share(config: TrainConfig, step: jax.Array, total_steps: int) -> jax.Array:
+    """The gold loss's share of a distilled task's objective at update `step` (0-based): 1 - --teacher-weight, or
+    with --teacher-annealing rising linearly from 0 at the first update to 1 at the last (Clark et al. 2019)."""
+    if config.teacher_annealing:
+        return jnp.clip(step / max(total_steps - 1, 1), 0.0, 1.0)
+    return jnp.asarray(1.0 - config.teacher_weight)
 
 
 def symmetric_kl(first: jax.Array, second: jax.Array) -> jax.Array:
@@ -66,7 +99,7 @@ def symmetric_kl(first: jax.Array, second: jax.Array) -> jax.Array:
 
 
 def rdrop_loss(first: jax.Array, second: jax.Array, batch: dict, task: str, config: TrainConfig):
-    """R-Drop (Liang et al. 2021) for a classification task, from its logits under two dropout masks: (the
+    """R-Drop (Liang et al. 2021) for a task with class logits, from its logits under two dropout masks: (the
     objective, the task loss it logs). The objective is the two passes' mean `task_loss` plus --rdrop times
     the mean `symmetric_kl` of the real rows."""
     loss = 0.5 * (task_loss(first, batch, task, config) + task_loss(second, batch, task, config))
@@ -74,11 +107,13 @@ def rdrop_loss(first: jax.Array, second: jax.Array, batch: dict, task: str, conf
 
 
 def predictions(outputs: jax.Array, task: str, config: TrainConfig) -> jax.Array:
-    """Predictions as the CS224N files report them: class ids, 0/1 duplicates, similarity on 0-5."""
-    if task in CLASSIFICATION_TASKS:
+    """Predictions on the task's reporting scale: class ids, or scores in its label range."""
+    spec = config.spec(task)
+    if spec.has_class_logits:
         return outputs.argmax(-1)
-    if task == "para":
+    if not spec.is_regression:
         return (outputs > 0).astype(jnp.int32)
-    if config.sts_head == "linear" and config.sts_target == "binary":
-        return 5.0 * jax.nn.sigmoid(outputs)
-    return jnp.clip(5.0 * outputs, 0.0, 5.0)
+    low, width = _regression_scale(config, task)
+    if config.regression_head_of(task) == "linear" and config.regression_target_of(task) == "binary":
+        return low + width * jax.nn.sigmoid(outputs)
+    return jnp.clip(low + width * outputs, low, low + width)

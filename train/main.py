@@ -9,7 +9,8 @@ from pathlib import Path
 
 from . import distributed
 from .config import ConfigError, TrainConfig, build_parser, parse_args
-from .loop import RunError, train
+from .loop import train
+from .run import RunError
 
 
 def _resumed_config(run_dir: Path, argv) -> TrainConfig:
@@ -22,7 +23,7 @@ def _resumed_config(run_dir: Path, argv) -> TrainConfig:
         saved = TrainConfig.from_json(run_dir / "config.json")
     except (ValueError, TypeError, KeyError) as err:
         raise RunError(f"--resume {run_dir}: config.json does not hold a run's settings ({err})") from None
-    given, _ = parse_args([a for a in argv if not a.startswith("--resume") and a != str(run_dir)])
+    given, _ = parse_args([a for a in argv if not a.startswith(("--resume", "--run-dir")) and a != str(run_dir)])
     explicit = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if "epochs" in explicit and given.epochs > saved.epochs:
         spanning = [s for s, used in (("annealed sampling", saved.sampling == "annealed"),
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
         if distributed.process_count() > 1 and not (args.run_dir or args.resume):
             raise ConfigError("a multi-process run needs --run-dir (the same directory in every process)")
         if args.resume:
+            if args.run_dir and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+                raise ConfigError(f"--resume {args.resume} --run-dir {args.run_dir}: a resumed run stays in its own "
+                                  "directory; leave out --run-dir")
             run_dir = Path(args.resume)
             config = _resumed_config(run_dir, argv)
         else:

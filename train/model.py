@@ -1,7 +1,8 @@
 """The multi-task model: a BERT encoder, masked pooling, and one head per task.
 
-Batches follow data/input_pipeline.py: a sentence-pair batch in bi-encoder form holds
-sentence a in rows [0:B] and sentence b in rows [B:2B], so one encoder call embeds both.
+Heads follow each task's kind (data/tasks.py). Batches follow data/input_pipeline.py: a sentence-pair batch
+in bi-encoder form holds sentence a in rows [0:B] and sentence b in rows [B:2B], so one encoder call embeds
+both.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import numpy as np
 
 from bert_flax import BertConfig, BertModel
 from bert_flax.modeling import Dropout
+from data.tasks import TaskSpec
 
 from .config import TrainConfig
 
-__all__ = ["MultitaskBert", "pool", "cosine_similarity", "NUM_CLASSES"]
-
-NUM_CLASSES = {"sst": 5, "cfimdb": 2}
+__all__ = ["MultitaskBert", "pool", "cosine_similarity", "head_name"]
 
 
 def pool(encoder_output: dict, attention_mask: jax.Array, pooling: str) -> jax.Array:
@@ -40,16 +40,18 @@ def cosine_similarity(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Arra
     return dot / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
 
 
-class MultitaskBert(nn.Module):
-    """BERT plus task heads. `__call__(batch, task)` returns the task's raw output per example:
-    class logits (sst, cfimdb), a paraphrase logit (para), or an STS score (sts: a logit or
-    value for the linear head, the cosine for the cosine head).
+def head_name(spec: TaskSpec) -> str:
+    """The parameter collection of a task's head: <task>_regressor for scores, <task>_classifier otherwise."""
+    return f"{spec.name}_{'regressor' if spec.is_regression else 'classifier'}"
 
-    `encoder_chunks` > 1 encodes a batch's rows in that many independent encoder calls. The outputs are
-    the same; on XLA:CPU the two chains of one program let one chunk's memory-bound work run beside the
-    other's products: 2 chunks made a float32 step about 7% faster on a 2-core Intel Xeon and no faster on
-    a 2-core AMD EPYC, and each program holds the encoder twice and compiles about 2x slower
-    (docs/benchmarks.md). One chunk suits accelerators and short runs."""
+
+class MultitaskBert(nn.Module):
+    """BERT plus one head per task of the config. `__call__(batch, task)` returns the task's raw output per
+    example: K class logits, one logit (two-class pair tasks), or a score (pair-regression: a logit or value for
+    the linear head, the cosine for the cosine head).
+
+    `encoder_chunks` > 1 encodes a batch's rows in that many independent encoder calls, with the same outputs
+    (docs/benchmarks.md says where it pays)."""
 
     bert_config: BertConfig
     config: TrainConfig
@@ -60,11 +62,10 @@ class MultitaskBert(nn.Module):
         cfg = self.config
         self.bert = BertModel(self.bert_config, dtype=self.dtype)
         self.dropout = Dropout(cfg.dropout)
-        self.sst_classifier = nn.Dense(NUM_CLASSES["sst"], name="sst_classifier")
-        self.cfimdb_classifier = nn.Dense(NUM_CLASSES["cfimdb"], name="cfimdb_classifier")
-        self.para_classifier = nn.Dense(1, name="para_classifier")
-        self.sts_regressor = nn.Dense(1, name="sts_regressor")
-        if cfg.shared_layer:
+        specs = [cfg.spec(task) for task in cfg.tasks]
+        self.heads = {spec.name: nn.Dense(spec.output_size, name=head_name(spec)) for spec in specs
+                      if cfg.regression_head_of(spec.name) != "cosine"}
+        if cfg.shared_layer and any(spec.is_pair for spec in specs):
             self.pair_shared = nn.Dense(self.bert_config.hidden_size, name="pair_shared")
 
     def embed(self, batch: dict, pooling: str, deterministic: bool) -> jax.Array:
@@ -88,28 +89,26 @@ class MultitaskBert(nn.Module):
             pooled = nn.relu(self.pair_shared(self.dropout(pooled, deterministic=deterministic)))
         return pooled
 
-    def _pair_dense(self, task: str) -> nn.Dense:
-        return self.para_classifier if task == "para" else self.sts_regressor
+    def _head(self, features: jax.Array, task: str, deterministic: bool) -> jax.Array:
+        out = self.heads[task](self.dropout(features, deterministic=deterministic))
+        return out if self.config.spec(task).has_class_logits else out[:, 0]
 
     def pair_head(self, u: jax.Array, v: jax.Array, task: str, deterministic: bool = True) -> jax.Array:
         """A bi-encoded pair task's output from the features of its sentences a (`u`) and b (`v`)."""
-        if task == "sts" and self.config.sts_head == "cosine":
+        if self.config.regression_head_of(task) == "cosine":
             return cosine_similarity(u, v)
         inputs = [u, v]
-        if task == "para" and self.config.para_cos_feature:
+        if self.config.uses_cos_feature(task):
             inputs.append(cosine_similarity(u, v)[:, None])
-        return self._pair_dense(task)(self.dropout(jnp.concatenate(inputs, axis=-1), deterministic=deterministic))[:, 0]
+        return self._head(jnp.concatenate(inputs, axis=-1), task, deterministic)
 
     def __call__(self, batch: dict, task: str, deterministic: bool = True) -> jax.Array:
-        def drop(x):
-            return self.dropout(x, deterministic=deterministic)
-
-        if task in NUM_CLASSES:
-            classifier = self.sst_classifier if task == "sst" else self.cfimdb_classifier
-            return classifier(drop(self.embed(batch, self.config.pooling_of(task), deterministic)))
-        features = self.pair_features(batch, self.config.pooling_of(task), deterministic)
+        pooling = self.config.pooling_of(task)
+        if not self.config.spec(task).is_pair:
+            return self._head(self.embed(batch, pooling, deterministic), task, deterministic)
+        features = self.pair_features(batch, pooling, deterministic)
         if self.config.pair_mode(task) == "cross":
-            return self._pair_dense(task)(drop(features))[:, 0]
+            return self._head(features, task, deterministic)
         half = features.shape[0] // 2
         return self.pair_head(features[:half], features[half:], task, deterministic)
 

@@ -4,8 +4,8 @@
     python -m train.predict --checkpoint RUN_DIR "How do I learn Python?" "What is the best way to learn Python?"
     python -m train.predict --checkpoint RUN_DIR --file lines.txt   # a sentence, or two separated by a tab, per line
 
-One sentence: its sentiment class with the probabilities of the five classes. Two sentences:
-the probability that they are paraphrases and their similarity on 0-5 (and each one's sentiment).
+Each task of the run that applies answers: a single-sentence task for each sentence, a pair task for a pair.
+Classes come with the probability of each class, named as the task declares them; scores on the task's range.
 """
 
 from __future__ import annotations
@@ -18,18 +18,28 @@ import jax
 import numpy as np
 
 from .losses import predictions
-from .loop import RunError, load_run
-
-SENTIMENT_NAMES = ("negative", "somewhat negative", "neutral", "somewhat positive", "positive")
+from .run import RunError, load_run
 
 
-def pair_batch(tokenizer, first: list[str], second: list[str], pair_encoding: str, max_length: int) -> dict:
-    """A sentence-pair batch in the layout of the input pipeline (bi: a rows then b rows; cross: one sequence)."""
-    if pair_encoding == "cross":
-        batch = tokenizer(first, second, max_length=max_length)
-    else:
-        batch = tokenizer(list(first) + list(second), max_length=max_length)
-    return batch
+def model_batch(tokenizer, sentences: tuple[str, ...], mode: str, max_length: int) -> dict:
+    """One example in the layout of the input pipeline: a sentence, a pair in one sequence (cross), or a pair's
+    two sentences as rows a then b (bi)."""
+    if mode == "cross":
+        return tokenizer([sentences[0]], [sentences[1]], max_length=max_length)
+    return tokenizer(list(sentences), max_length=max_length)
+
+
+def _answer(spec, outputs: np.ndarray, config) -> str:
+    names = spec.class_names or tuple(f"class {k}" for k in range(spec.num_classes or 0))
+    if spec.has_class_logits:
+        probs = np.asarray(jax.nn.softmax(outputs))
+        spread = ", ".join(f"{name} {p:.2f}" for name, p in zip(names, probs))
+        return f"{spec.name}: {names[int(probs.argmax())]} (p: {spread})"
+    if not spec.is_regression:
+        return f"{spec.name}: {names[1]} probability {float(jax.nn.sigmoid(outputs)):.3f}"
+    low, high = spec.label_range
+    value = float(predictions(outputs[None], spec.name, config)[0])
+    return f"{spec.name}: {value:.2f} on {low:g}-{high:g}"
 
 
 def predict_lines(run_dir: Path, lines: list[tuple[str, ...]]) -> list[str]:
@@ -40,24 +50,17 @@ def predict_lines(run_dir: Path, lines: list[tuple[str, ...]]) -> list[str]:
     out = []
     for line in lines:
         parts = []
-        if "sst" in cfg.tasks:
-            for sentence in line:
-                logits = apply(params, tokenizer([sentence], max_length=cfg.max_length), "sst")
-                probs = np.asarray(jax.nn.softmax(logits[0]))
-                spread = " ".join(f"{p:.2f}" for p in probs)
-                parts.append(f"sentiment {int(probs.argmax())} ({SENTIMENT_NAMES[int(probs.argmax())]}; p = {spread})")
-        if len(line) == 2:
-            def pair_output(task):
-                batch = pair_batch(tokenizer, [line[0]], [line[1]], cfg.pair_mode(task), cfg.max_length)
-                return apply(params, batch, task)
-
-            if "para" in cfg.tasks:
-                logit = float(pair_output("para")[0])
-                parts.append(f"paraphrase probability {float(jax.nn.sigmoid(logit)):.3f}")
-            if "sts" in cfg.tasks:
-                similarity = float(predictions(pair_output("sts"), "sts", cfg)[0])
-                parts.append(f"similarity {similarity:.2f}/5")
-        out.append(" | ".join(parts) if parts else "no task of this run applies")
+        for task in cfg.tasks:
+            spec = cfg.spec(task)
+            inputs = [line] if spec.is_pair and len(line) == 2 else [(s,) for s in line] if not spec.is_pair else []
+            for sentences in inputs:
+                batch = model_batch(tokenizer, sentences, cfg.sequence_mode(task), cfg.max_length)
+                parts.append(_answer(spec, np.asarray(apply(params, batch, task))[0], cfg))
+        if not parts:
+            pair_tasks = [t for t in cfg.tasks if cfg.spec(t).is_pair]
+            parts.append(f"no task of this run takes {len(line)} sentence(s)"
+                         + (f"; give two for {','.join(pair_tasks)}" if pair_tasks else ""))
+        out.append(" | ".join(parts))
     return out
 
 

@@ -3,7 +3,7 @@
 A uniform soup (Wortsman et al. 2022, "Model soups") averages, weight by weight, the best parameters of runs
 fine-tuned from the same pretrained encoder: one model of the same size, predicting as fast as each run. Where such
 runs stay in one basin of the loss, their mean can score above each of them (the paper's finding); for this
-project's best setup after 5 epochs it scored below (README.md, Results). The runs must describe one model: the
+project's best setup after 5 epochs it scored below (results/README.md). The runs must describe one model: the
 settings in SOUP_FIELDS (tasks, heads, poolings, encodings, the pretrained encoder, the data) must agree; seeds and
 training settings may differ.
 
@@ -27,15 +27,17 @@ import jax
 import numpy as np
 
 from data import input_pipeline
+from data.atomic import atomic_write
 
 from .config import TrainConfig
-from .loop import RunError, finish_run, load_run, read_metrics, save_best
+from .plots import plot_soup
+from .run import RunError, finish_run, load_run, read_metrics, save_best
 
-__all__ = ["SOUP_FIELDS", "UNFINISHED", "average_params", "make_soup", "plot_soup"]
+__all__ = ["SOUP_FIELDS", "UNFINISHED", "average_params", "make_soup"]
 
 # The settings that define the parameters and what the model predicts from them; the rest only shape training.
-SOUP_FIELDS = ("tasks", "pooling", "pair_encoding", "para_cos_feature", "swap_pairs", "sts_head", "sts_target",
-               "shared_layer", "max_length", "init_checkpoint", "data_dir")
+SOUP_FIELDS = ("tasks", "task_files", "pooling", "pair_encoding", "cos_feature", "swap_pairs", "regression_head",
+               "regression_target", "shared_layer", "max_length", "init_checkpoint", "data_dir")
 # Lies in a soup's directory until the soup is written whole: a soup stopped part-way is made again from the start.
 UNFINISHED = "soup-unfinished"
 
@@ -56,34 +58,8 @@ def _check_one_model(run_dirs: list[Path], configs: list[TrainConfig]) -> None:
         raise RunError(f"the runs are not one model, their settings differ ({values})")
 
 
-def _best_dev(records: list[dict]) -> dict:
-    return max(records, key=lambda r: r["dev"].get("overall", -np.inf))["dev"]
-
-
-def plot_soup(run_dir: Path, ingredients: list[tuple[Path, list[dict]]], dev: dict) -> Path:
-    """Draws curves.png: each ingredient's dev metrics per epoch (from its metrics records), the soup's as
-    horizontal dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = list(dev)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.0), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for ingredient, records in ingredients:
-            ax.plot([r["epoch"] + 1 for r in records], [r["dev"][metric] for r in records], marker="o",
-                    label=ingredient.name)
-        ax.axhline(dev[metric], color="black", linestyle="--", label="soup")
-        ax.set(title=f"dev {metric}", xlabel="epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
-    fig.suptitle(f"{run_dir.name}: mean of {len(ingredients)} runs' best parameters")
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * ((len(ingredients) + 2) // 2), 1, 1))
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
-    return run_dir / "curves.png"
+def _best_dev(records: list[dict], select_by: str) -> dict:
+    return max(records, key=lambda r: r["dev"].get(select_by, -np.inf))["dev"]
 
 
 def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
@@ -104,8 +80,10 @@ def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
     run.config.to_json(run_dir / "config.json")
     dev = run.evaluate(params, "dev", run_dir / "predictions")
     ingredients = [(d, read_metrics(d)) for d in run_dirs]  # a run given twice counts twice
-    record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(r)} for d, r in ingredients], "dev": dev}
-    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(r, run.config.select_by)}
+                         for d, r in ingredients], "dev": dev}
+    with atomic_write(run_dir / "metrics.jsonl") as f:
+        f.write(json.dumps(record) + "\n")
     save_best(run_dir, params, dev)
     finish_run(run, run_dir, plot=lambda out: plot_soup(out, ingredients, dev))
     (run_dir / UNFINISHED).unlink()

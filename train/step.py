@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .config import CLASSIFICATION_TASKS, TrainConfig
-from .losses import rdrop_loss, task_loss
+from .config import TrainConfig
+from .losses import distillation_loss, gold_share, rdrop_loss, task_loss
 from .model import MultitaskBert
-from .optim import adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema
+from .optim import (adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params_ema, track_params_ema,
+                    warmup_schedule, with_clipping)
 from .pcgrad import pcgrad
 
-__all__ = ["TrainState", "make_optimizer", "make_grad_fns", "make_update", "train_step", "is_shared_param",
+__all__ = ["TrainState", "learning_rate", "make_optimizer", "make_grad_fns", "make_update", "train_step", "is_shared_param",
            "evaluated_params"]
 
 # Parameters used by more than one task; everything else is one task's head.
@@ -46,17 +47,26 @@ def is_shared_param(path: tuple) -> bool:
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The CS224N AdamW over a run of `total_steps` updates, its rate decayed layer by layer with --layer-lr-decay;
-    with --option pretrain the encoder gets no update at
-    all (not even decay); with --ema, followed by the tracker of the parameters' moving average."""
+    """The CS224N AdamW over a run of `total_steps` updates: its rate warmed up and scheduled (`learning_rate`),
+    decayed layer by layer with --layer-lr-decay, after clipping the combined gradient's global norm to
+    --max-grad-norm; with --option pretrain the encoder gets no update at all (not even decay, and its gradient
+    does not count in the clipped norm); with --ema, followed by the tracker of the parameters' moving average."""
     mask = decay_mask_no_layernorm_bias if config.decay_mask == "no-layernorm-bias" else None
-    lr = config.lr if config.lr_schedule == "constant" else optax.linear_schedule(config.lr, 0.0, total_steps)
     scales = None if config.layer_lr_decay == 1 else functools.partial(layer_lr_scales, decay=config.layer_lr_decay)
-    tx = adamw(lr, weight_decay=config.weight_decay, decay_mask=mask, lr_scales=scales)
+    tx = adamw(learning_rate(config, total_steps), weight_decay=config.weight_decay, decay_mask=mask,
+               lr_scales=scales)
+    tx = with_clipping(tx, config.max_grad_norm)
     if config.option == "pretrain":
         labels = lambda params: {k: "frozen" if k == "bert" else "trained" for k in params}  # noqa: E731
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return optax.chain(tx, track_params_ema(config.ema)) if config.ema else tx
+
+
+def learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Schedule:
+    """The learning rate of each update, an optax schedule of the update count (a float when constant without
+    warmup): linear warmup over --warmup-steps (or --warmup-ratio of the run), then --lr-schedule."""
+    warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)
+    return warmup_schedule(config.lr, warmup, total_steps, config.lr_schedule)
 
 
 def evaluated_params(state: TrainState, config: TrainConfig) -> Any:
@@ -64,22 +74,30 @@ def evaluated_params(state: TrainState, config: TrainConfig) -> Any:
     return params_ema(state.opt_state, config.ema) if config.ema else state.params
 
 
-def make_grad_fns(model: MultitaskBert, config: TrainConfig) -> dict[str, Callable]:
-    """Per task: jitted (params, batch, dropout_rng) -> (loss, gradient pytree of the loss times the task's
-    --loss-weights multiplier). With --rdrop a classification task's batch runs twice in one call (its rows
-    repeated, so each copy draws its own dropout mask) and the gradient is of the R-Drop objective; the loss
-    returned stays the task loss (`task_loss`)."""
+def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 1) -> dict[str, Callable]:
+    """Per task: jitted (params, batch, dropout_rng, step) -> (loss, gradient pytree of the objective times the
+    task's --loss-weights multiplier); the loss returned is always the gold task loss (`task_loss`).
 
-    def task_grad(params, batch, rng, task):
-        rdrop = config.rdrop > 0 and task in CLASSIFICATION_TASKS
+    With --rdrop a batch of a task with class logits runs twice in one call (its rows repeated, so each copy
+    draws its own dropout mask) and the objective is R-Drop's. With a --teacher for the task, the objective is
+    `gold_share` (of the 0-based update `step`, of `total_steps`) times that, plus the rest times the
+    `distillation_loss` to the teacher's targets, which the batch carries: no teacher runs during a step."""
+
+    def task_grad(params, batch, rng, step=0, *, task):
+        rdrop = config.rdrop > 0 and config.spec(task).has_class_logits
 
         def loss_fn(p):
             inputs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x]), batch) if rdrop else batch
             outputs = model.apply({"params": p}, inputs, task, deterministic=False, rngs={"dropout": rng})
+            passes = jnp.split(outputs, 2) if rdrop else [outputs]
             if rdrop:
-                objective, loss = rdrop_loss(*jnp.split(outputs, 2), batch, task, config)
+                objective, loss = rdrop_loss(*passes, batch, task, config)
             else:
                 objective = loss = task_loss(outputs, batch, task, config)
+            if "teacher" in batch:
+                share = gold_share(config, step, total_steps)
+                distilled = sum(distillation_loss(o, batch, task, config) for o in passes) / len(passes)
+                objective = share * objective + (1 - share) * distilled
             return config.loss_weight(task) * objective, loss
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -110,7 +128,7 @@ def train_step(state: TrainState, batches: dict, key: jax.Array, grad_fns: dict[
     {task: loss} and the update's statistics, all still on the devices."""
     losses, grads = {}, []
     for i, (task, grad_fn) in enumerate(grad_fns.items()):
-        losses[task], task_grads = grad_fn(state.params, batches[task], jax.random.fold_in(key, i))
+        losses[task], task_grads = grad_fn(state.params, batches[task], jax.random.fold_in(key, i), state.step)
         grads.append(task_grads)
     state, stats = update(state, tuple(grads), jax.random.fold_in(key, len(grads)))
     return state, losses, stats

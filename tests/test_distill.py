@@ -1,0 +1,175 @@
+"""Distillation from teacher files: the losses against float64 NumPy, the annealed gold share per step, teacher
+files made from runs and refused when they do not fit, and a killed student that resumes to the same numbers."""
+
+import dataclasses
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data.tasks import DataError
+from data.teachers import read_teacher, write_teacher
+from train import loop, main, teach
+from train.config import TrainConfig
+from train.losses import distillation_loss, gold_share
+from train.run import Run, load_run
+from train.step import make_grad_fns
+
+
+def tiny(tiny_encoder, small_data, **overrides) -> TrainConfig:
+    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
+                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("regression_target", ["scaled", "binary"])
+def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, regression_target):
+    config = tiny(tiny_encoder, small_data, tasks=("sst", "para", "sts"), regression_target=regression_target)
+    rng = np.random.default_rng(0)
+    weights = np.array([1, 1, 0, 1, 1, 0], np.float32)
+    # sst: cross-entropy to the teacher's distribution over the real rows.
+    logits, probs = rng.normal(size=(6, 5)), rng.dirichlet(np.ones(5), 6)
+    expected = (-(probs * _log_softmax(logits)).sum(-1) * weights).sum() / weights.sum()
+    got = distillation_loss(jnp.asarray(logits, jnp.float32), {"teacher": jnp.asarray(probs, jnp.float32),
+                                                               "weights": weights}, "sst", config)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # para: binary cross-entropy of the one logit to the teacher's probability of class 1.
+    logit, p = rng.normal(size=6), rng.uniform(size=6)
+    expected = ((np.logaddexp(0, logit) - p * logit) * weights).sum() / weights.sum()
+    got = distillation_loss(jnp.asarray(logit, jnp.float32), {"teacher": jnp.asarray(np.stack([1 - p, p], -1),
+                            jnp.float32), "weights": weights}, "para", config)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # sts (linear head): the task's own loss with the teacher's 0-5 score as the label.
+    out, score = rng.normal(size=6), rng.uniform(0, 5, size=6)
+    if regression_target == "scaled":
+        per_example = (out - score / 5) ** 2
+    else:
+        target = (score > 2).astype(np.float64)
+        per_example = np.logaddexp(0, out) - target * out
+    expected = (per_example * weights).sum() / weights.sum()
+    got = distillation_loss(jnp.asarray(out, jnp.float32), {"teacher": jnp.asarray(score, jnp.float32),
+                                                            "weights": weights}, "sts", config)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_teacher_annealing_gold_share_is_exact_at_every_step(tiny_encoder, small_data):
+    annealed = tiny(tiny_encoder, small_data, teacher_annealing=True)
+    total = 7
+    for step in range(total):
+        assert float(gold_share(annealed, jnp.asarray(step), total)) == pytest.approx(step / (total - 1), abs=1e-7)
+    assert float(gold_share(annealed, jnp.asarray(0), total)) == 0.0
+    assert float(gold_share(annealed, jnp.asarray(total - 1), total)) == 1.0
+    fixed = tiny(tiny_encoder, small_data, teacher_weight=0.3)
+    assert float(gold_share(fixed, jnp.asarray(5), total)) == pytest.approx(0.7)
+
+
+def test_objective_mixes_gold_and_distillation_by_the_share(tiny_encoder, small_data):
+    """The gradient with teacher weight w is (1 - w) times the gold-only gradient plus w times the
+    distillation-only one (same batch and dropout), and the logged loss stays the gold loss."""
+    base = tiny(tiny_encoder, small_data, tasks=("sst",))
+    run = Run(base, tiny_encoder)
+    params = run.init_params()
+    batch = next(run.train_steps(0))[0]["sst"]
+    batch = {**batch, "teacher": jnp.asarray(np.random.default_rng(1).dirichlet(np.ones(5), len(batch["weights"])),
+                                             jnp.float32)}
+    key = jax.random.key(0, impl="rbg")
+
+    def grads(weight):
+        loss, g = make_grad_fns(run.model, dataclasses.replace(base, teacher_weight=weight))["sst"](params, batch, key)
+        return float(loss), jax.device_get(g)
+
+    (gold_loss, gold), (_, distilled), (mixed_loss, mixed) = grads(0.0), grads(1.0), grads(0.25)
+    assert mixed_loss == gold_loss
+    for a, b, m in zip(*(jax.tree_util.tree_leaves(t) for t in (gold, distilled, mixed))):
+        np.testing.assert_allclose(m, 0.75 * a + 0.25 * b, rtol=1e-4, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(gold),
+                                                     jax.tree_util.tree_leaves(distilled)))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_encoder, small_data, tmp_path_factory):
+    """A finished sst+sts run to teach from."""
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    loop.train(tiny(tiny_encoder, small_data, tasks=("sst", "sts"), epochs=1), run_dir, quiet=True)
+    return run_dir
+
+
+def test_teacher_files_from_runs_and_an_ensemble(teacher_run, tmp_path):
+    single = teach.make_teacher("sst", [teacher_run], tmp_path / "sst.npz")
+    assert single.shape == (96, 5) and np.allclose(single.sum(-1), 1, atol=1e-5)
+    ensemble = teach.make_teacher("sts", [teacher_run, teacher_run], tmp_path / "sts.npz")
+    run, params = load_run(teacher_run)
+    alone = teach.teacher_targets(run, params, "sts")
+    np.testing.assert_allclose(ensemble, alone, rtol=1e-6)  # the mean of two equal runs
+    assert ensemble.shape == (96,) and ensemble.min() >= 0 and ensemble.max() <= 5
+    ids = run.data["sts"].split("train").ids
+    np.testing.assert_array_equal(read_teacher(tmp_path / "sts.npz", run.config.spec("sts"), ids), ensemble)
+    assert teach.main(["--task", "para", "--out", str(tmp_path / "p.npz"), str(teacher_run)]) == 1
+
+
+def test_teacher_files_that_do_not_fit_are_refused_by_name(teacher_run, tmp_path, tiny_encoder, small_data, capsys):
+    run, _ = load_run(teacher_run)
+    spec, ids = run.config.spec("sst"), run.data["sst"].split("train").ids
+    good = np.full((len(ids), 5), 0.2, np.float32)
+    cases = {
+        "count.npz": (ids[:-1], good[:-1], "training rows need (96, 5)"),
+        "ids.npz": (ids[::-1], good, "made for other training rows"),
+        "shape.npz": (ids, good[:, :3], "targets of shape (96, 3)"),
+    }
+    for name, (file_ids, targets, message) in cases.items():
+        write_teacher(tmp_path / name, spec, file_ids, targets, ["x"])
+        with pytest.raises(DataError, match=re.escape(message)):
+            read_teacher(tmp_path / name, spec, ids)
+    write_teacher(tmp_path / "sts.npz", run.config.spec("sts"), run.data["sts"].split("train").ids,
+                  np.ones(96), ["x"])
+    with pytest.raises(DataError, match="made for task sts"):
+        read_teacher(tmp_path / "sts.npz", spec, ids)
+    argv = ["--tasks", "sst", "--teacher", f"sst={tmp_path / 'ids.npz'}", "--epochs", "1", "--samples-per-task", "8",
+            "--batch-size", "8", "--run-dir", str(tmp_path / "R"), "--init-checkpoint", str(tiny_encoder),
+            "--data-dir", str(small_data), "--max-length", "32", "--quiet"]
+    assert main.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ids.npz'}: made for other training rows" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "R").exists()  # a failed start leaves nothing behind
+
+
+class _InterruptAfter:
+    def __init__(self, steps):
+        self.remaining = steps
+
+    @property
+    def raised(self):
+        self.remaining -= 1
+        return self.remaining < 0
+
+    def restore(self):
+        pass
+
+
+def test_a_killed_student_resumes_to_the_same_numbers(teacher_run, tiny_encoder, small_data, tmp_path, monkeypatch):
+    for task in ("sst", "sts"):
+        teach.make_teacher(task, [teacher_run], tmp_path / f"{task}.npz")
+    student = tiny(tiny_encoder, small_data, tasks=("sst", "sts"), teacher_annealing=True, pcgrad=True, ema=0.5,
+                   teachers=f"sst={tmp_path / 'sst.npz'},sts={tmp_path / 'sts.npz'}")
+    loop.train(student, tmp_path / "whole", quiet=True)
+    monkeypatch.setattr(loop, "_InterruptFlag", lambda: _InterruptAfter(steps=4))
+    assert loop.train(student, tmp_path / "killed", quiet=True) == {}
+    monkeypatch.undo()
+    assert main.main(["--resume", str(tmp_path / "killed"), "--quiet"]) == 0
+
+    def records(d):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("step_time_s", "examples_per_s")}
+                for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(tmp_path / "killed") == records(tmp_path / "whole")
+    ours, reference = (jax.device_get(load_run(tmp_path / d)[1]) for d in ("killed", "whole"))
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(a, b)

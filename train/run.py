@@ -1,0 +1,278 @@
+"""A run: its settings, model, tokenized task data and device mesh, and the files of its directory.
+
+Run directory layout:
+    config.json         every setting of the run
+    metrics.jsonl       one line per evaluation: losses, dev metrics, PCGrad statistics, speed
+    events.out.tfevents.*  the same as TensorBoard scalars, with the losses every --log-every steps
+    checkpoints/latest  TrainState (params, optimizer state, step) and the loop's progress (train/checkpointing.py)
+    checkpoints/best    parameters of the best evaluation by --select-by
+    best_encoder/       the best encoder as a converted checkpoint directory (convert/flax_to_pt.py reads it)
+    predictions/        <task>-<split>-output.csv of the best evaluation, in the CS224N layout
+    curves.png          losses and dev metrics per evaluation
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bert_flax import CheckpointError, Tokenizer, from_pretrained, save_pretrained
+from data import input_pipeline
+from data.tasks import DataError
+from data.teachers import read_teacher
+
+from . import checkpointing
+from .config import TrainConfig
+from .distributed import is_main_process
+from .metrics import overall_score, task_metric, write_predictions
+from .model import MultitaskBert
+from .plots import plot_curves
+from .predictor import Predictor
+
+__all__ = ["RunError", "Run", "DEFAULT_CHECKPOINT", "enable_compilation_cache", "ensure_init_checkpoint",
+           "read_metrics", "best_params", "save_best", "finish_run", "load_run"]
+
+DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue, with a message for the user."""
+
+
+def enable_compilation_cache(directory: Path = Path(".cache/jax")) -> None:
+    """Keeps compiled XLA programs on disk: a later run (or test) with the same shapes skips compilation.
+
+    Every program is kept, however quick to compile: a run compiles dozens of small ones (evaluation, checkpoint
+    slicing) that together cost seconds at each start, and on disk they take a few kilobytes each."""
+    jax.config.update("jax_compilation_cache_dir", str(directory.resolve()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def ensure_init_checkpoint(path: str) -> Path:
+    """The converted encoder checkpoint directory: the default one is converted from the packaged model on first
+    use, and a Hugging Face BERT directory once into .cache/converted (convert/pt_to_flax.py)."""
+    from convert.pt_to_flax import convert_checkpoint, ensure_flax_checkpoint
+
+    path = Path(path)
+    if not (path / "params").is_dir() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
+        print(convert_checkpoint(out_dir=path))
+        return path
+    try:
+        return ensure_flax_checkpoint(path, Path(".cache/converted"))
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+
+
+def _placeholder_batch(rows: int) -> dict:
+    # Head shapes do not depend on the batch: initialise on the smallest one.
+    tokens = jnp.zeros((rows, 2), jnp.int32)
+    return {"input_ids": tokens, "token_type_ids": tokens, "attention_mask": jnp.ones_like(tokens)}
+
+
+class Run:
+    """What a run needs in hand: config, model, tokenized task data, the device mesh."""
+
+    def __init__(self, config: TrainConfig, encoder_dir: Path, mesh: Mesh | None = None):
+        self.config = config
+        self.mesh = mesh or input_pipeline.data_mesh()
+        if config.batch_size % self.mesh.size or config.eval_batch_size % self.mesh.size:
+            raise RunError(
+                f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} "
+                f"must divide by the device count {self.mesh.size}"
+            )
+        try:
+            bert, self.encoder_params = from_pretrained(encoder_dir)
+            self.tokenizer = Tokenizer.from_pretrained(encoder_dir)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise RunError(str(err)) from None
+        if config.reinit_layers > bert.config.num_hidden_layers:
+            raise RunError(f"--reinit-layers {config.reinit_layers}: the encoder in {encoder_dir} has "
+                           f"{bert.config.num_hidden_layers} layers")
+        self.bert_config = bert.config
+        self.encoder_dir = encoder_dir
+        self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype),
+                                   encoder_chunks=config.encoder_chunks)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.predictor = Predictor(self.model, config, self.mesh)
+
+    @functools.cached_property
+    def data(self) -> dict[str, input_pipeline.TaskData]:
+        """Per task, its tokenized splits (prepared and cached on first use)."""
+        cfg = self.config
+        try:
+            data = {
+                task: input_pipeline.TaskData(
+                    cfg.spec(task),
+                    mode=cfg.sequence_mode(task),
+                    batch_size=cfg.batch_size,
+                    max_length=cfg.max_length,
+                    num_buckets=cfg.num_buckets,
+                    tokenizer=self.tokenizer,
+                    swap_pairs=cfg.swap_pairs and cfg.sequence_mode(task) == "cross",
+                )
+                for task in cfg.tasks
+            }
+            for task, path in cfg.teacher_files().items():
+                data[task].teach(read_teacher(path, cfg.spec(task), data[task].split("train").ids))
+        except DataError as err:
+            raise RunError(str(err)) from None
+        return data
+
+    def stream(self) -> input_pipeline.MultiTaskStream:
+        """The multi-task training stream (deterministic given the seed and epoch)."""
+        cfg = self.config
+        return input_pipeline.MultiTaskStream(
+            [self.data[t] for t in cfg.tasks],
+            strategy=cfg.sampling,
+            pool_batches=cfg.pool_batches,
+            num_examples=cfg.samples_per_task,
+            num_epochs=cfg.epochs,
+            seed=cfg.seed,
+        )
+
+    def total_steps(self) -> int:
+        """Updates over every epoch of the run (the length of a decaying learning-rate schedule)."""
+        stream = self.stream()
+        return sum(stream.steps_per_epoch(epoch) for epoch in range(self.config.epochs))
+
+    def train_steps(self, epoch: int, start_step: int = 0):
+        """The epoch's steps from `start_step` as ({task: batch on the devices}, {task: real examples})."""
+        # Counted on the host as the batches are built: the device arrays may span other processes.
+        examples = collections.deque()
+
+        def counted(steps):
+            for batches in steps:
+                examples.append({task: int(b["weights"].sum()) for task, b in batches.items()})
+                yield batches
+
+        steps = counted(self.stream().epoch(epoch, start_step))
+        for batches in input_pipeline.prefetch_to_device(steps, self.mesh):
+            yield batches, examples.popleft()
+
+    def init_params(self):
+        """Fresh heads (seeded) around the pretrained encoder, replicated over the mesh; the encoder's top
+        `reinit_layers` layers are fresh too, from the model's own initialisers in the same seeded call."""
+        return jax.jit(self._init, out_shardings=self.replicated)(
+            jax.random.key(self.config.seed), input_pipeline.place(self.encoder_params, self.replicated))
+
+    def params_shape(self):
+        """The shapes, dtypes and shardings of `init_params()`'s tree, without computing it (restore targets)."""
+        shapes = jax.eval_shape(self._init, jax.random.key(self.config.seed), self.encoder_params)
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), shapes)
+
+    def _init(self, key, encoder):
+        examples = {t: _placeholder_batch(2 if self.config.sequence_mode(t) == "bi" else 1)
+                    for t in self.config.tasks}
+        layers = self.bert_config.num_hidden_layers
+        fresh_layers = {f"layer_{i}" for i in range(layers - self.config.reinit_layers, layers)}
+        params = self.model.init(key, examples, method=MultitaskBert.all_tasks)["params"]
+        stack = {name: params["bert"]["encoder"][name] if name in fresh_layers else layer
+                 for name, layer in encoder["encoder"].items()}
+        return {**params, "bert": {**encoder, "encoder": stack}}
+
+    def splits(self, task: str) -> tuple[str, ...]:
+        """The splits `task` declares (a task without a test file has none)."""
+        return tuple(self.config.spec(task).files)
+
+    def predict(self, params, split: str) -> dict[str, np.ndarray]:
+        """Per task that has the split, predictions for every example of `split`, in file order."""
+        preds = {}
+        for task in self.config.tasks:
+            if split in self.splits(task):
+                data = self.data[task]
+                swapped = data.split(split, swapped=True) if data.swap_pairs else None
+                preds[task] = self.predictor(params, task, data.split(split), data.buckets, swapped)
+        return preds
+
+    def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics of `preds` for the tasks whose `split` has labels, and the overall score."""
+        metrics = {}
+        for task, task_preds in preds.items():
+            labels = self.data[task].split(split).labels
+            if labels is not None:
+                metrics[task] = task_metric(self.config.spec(task), task_preds, np.asarray(labels))
+        score = overall_score(metrics, {t: self.config.spec(t) for t in self.config.tasks})
+        if score is not None:
+            metrics["overall"] = score
+        return metrics
+
+    def write_predictions(self, split: str, preds: dict[str, np.ndarray], out_dir: Path) -> None:
+        """Writes `{task}-{split}-output.csv` files into `out_dir` (from the main process)."""
+        if not is_main_process():
+            return
+        for task, task_preds in preds.items():
+            path = out_dir / f"{task}-{split}-output.csv"
+            try:
+                write_predictions(path, self.config.spec(task), self.data[task].split(split).ids, task_preds)
+            except OSError as err:
+                raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
+                               "the previous file is kept") from None
+
+    def evaluate(self, params, split: str, out_dir: Path | None = None) -> dict[str, float]:
+        """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
+        preds = self.predict(params, split)
+        if out_dir is not None:
+            self.write_predictions(split, preds, out_dir)
+        return self.score(split, preds)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl, one record per line."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def best_params(run_dir: Path, run: Run):
+    """The best checkpoint's parameters and metadata ({"epoch", "dev"})."""
+    _, best = checkpointing.managers(run_dir)
+    if best.latest_step() is None:
+        raise RunError(f"{run_dir}: no best checkpoint (has an evaluation finished?)")
+    tree, meta = checkpointing.restore(best, {"params": run.params_shape()})
+    return tree["params"], meta
+
+
+def save_best(run_dir: Path, params, dev: dict) -> None:
+    """Keeps `params` as the best checkpoint of a run made without training epochs (a soup, train/soup.py)."""
+    _, best = checkpointing.managers(run_dir)
+    _save(best, 0, {"params": params}, {"epoch": 0, "dev": dev})
+
+
+def _save(manager, step: int, tree, meta: dict) -> None:
+    try:
+        checkpointing.save(manager, step, tree, meta)
+    except checkpointing.CheckpointWriteError as err:
+        raise RunError(str(err)) from None
+
+
+def finish_run(run: Run, run_dir: Path, plot=plot_curves) -> dict:
+    """With the best parameters: writes test predictions (and dev ones if the best evaluation did not),
+    best_encoder/ and the figure that `plot` draws into the run directory (curves.png)."""
+    params, meta = best_params(run_dir, run)
+    out_dir = run_dir / "predictions"
+    dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
+    for split in ("test",) if dev_written else ("dev", "test"):
+        run.evaluate(params, split, out_dir)
+    if is_main_process():
+        save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
+                        run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
+        plot(run_dir)
+    return meta["dev"]
+
+
+def load_run(run_dir: Path) -> tuple[Run, dict]:
+    """A finished run's Run object and best parameters (for evaluation and prediction)."""
+    enable_compilation_cache()
+    if not (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir}: not a run directory (no config.json)")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    encoder_dir = run_dir / "best_encoder"
+    run = Run(config, encoder_dir if encoder_dir.is_dir() else ensure_init_checkpoint(config.init_checkpoint))
+    params, _ = best_params(run_dir, run)
+    return run, params

@@ -1,0 +1,76 @@
+"""`python -m train.teach --task TASK --out FILE RUN_DIR [RUN_DIR ...]`: a teacher file for distillation.
+
+Writes the predictions of finished runs on TASK's training rows as soft targets (data/teachers.py): class
+probabilities, or the score on the label's scale. Several runs give their mean: an ensemble teacher. The file is
+small enough to commit, so a student (`python -m train.main --teacher TASK=FILE`) needs no teacher checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data.tasks import DataError
+from data.teachers import write_teacher
+
+from .losses import predictions
+from .run import Run, RunError, load_run
+
+__all__ = ["teacher_targets", "make_teacher", "main"]
+
+
+def teacher_targets(run: Run, params, task: str) -> np.ndarray:
+    """One run's targets for `task`'s training rows in file order: class probabilities ((n, 2) for a two-class
+    pair task), or scores on the label's scale."""
+    spec, data = run.config.spec(task), run.data[task]
+    swapped = data.split("train", swapped=True) if data.swap_pairs else None
+    outputs = run.predictor.outputs(params, task, data.split("train"), data.buckets, swapped)
+    if spec.has_class_logits:
+        return np.asarray(jax.nn.softmax(outputs, -1))
+    if not spec.is_regression:
+        positive = np.asarray(jax.nn.sigmoid(outputs))
+        return np.stack([1 - positive, positive], -1)
+    return np.asarray(predictions(outputs, task, run.config))
+
+
+def make_teacher(task: str, run_dirs: list[Path], out: Path) -> np.ndarray:
+    """Writes the mean of the runs' targets for `task` to `out` and returns it."""
+    targets, ids, spec = [], None, None
+    for run_dir in run_dirs:
+        run, params = load_run(run_dir)
+        if task not in run.config.tasks:
+            raise RunError(f"{run_dir}: the run has no task {task} (its tasks: {','.join(run.config.tasks)})")
+        run_ids = run.data[task].split("train").ids
+        if ids is not None and run_ids != ids:
+            raise RunError(f"{run_dir}: its {task} training rows differ from those of {run_dirs[0]}")
+        ids, spec = run_ids, run.config.spec(task)
+        targets.append(teacher_targets(run, params, task))
+        print(f"{run_dir}: {task} targets for {len(ids)} training rows", flush=True)
+    mean = np.mean(targets, axis=0)
+    write_teacher(out, spec, ids, mean, [str(d) for d in run_dirs])
+    return mean
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m train.teach", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="the task whose training rows the runs predict")
+    parser.add_argument("--out", required=True, help="the teacher file to write (.npz)")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs with that task")
+    args = parser.parse_args(argv)
+    try:
+        make_teacher(args.task, [Path(d) for d in args.runs], Path(args.out))
+    except (RunError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
