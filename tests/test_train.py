@@ -11,13 +11,14 @@ import pytest
 
 from tests.conftest import SMALL_ROWS
 from tests.helpers import DATA_DIR, REPO, devices_env
-from train import config as train_config
+from train import cli as train_config
 from data.tasks import registry
 from train import evaluate, loop, main, metrics, predict
 from train.evaluate import evaluate_run
 from train.run import Run, RunError, load_run
 from train.step import make_update
-from train.config import PRESETS, TrainConfig
+from train.cli import PRESETS
+from train.config import TrainConfig
 
 def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
     values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,

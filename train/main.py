@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from . import distributed
-from .config import ConfigError, TrainConfig, build_parser, parse_args
+from .cli import build_parser, parse_args
+from .config import ConfigError, TrainConfig
 from .loop import train
 from .run import RunError
 
