@@ -69,6 +69,21 @@ CFIMDB_STARTED = {
     "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop0.5-ordinal1": [*BEST_SETUP, "--rdrop", "0.5",
                                                                            "--ordinal-loss", "1"],
 }
+# Teacher files of the distillation recipe (train/teach.py), in results/teachers/: task -> (teacher rows, epochs,
+# examples per task). Each file holds the mean of its rows' predictions on the task's training rows; the files are
+# committed, so a student trains on a fresh clone without its teachers' checkpoints (a missing file is made after
+# its rows are trained at that budget).
+TEACHERS = {
+    "sst": ([f"sst-finetune-cls-lr2e-5{suffix}" for suffix in SEEDS], 3, 10000),
+    "para": (["para-finetune-cross-mean-lr5e-5"], 3, 10000),
+    "sts": (["sts-finetune-cosine-scaled-lr5e-5"], 3, 10000),
+}
+TEACHER_FLAGS = [flag for task in TEACHERS for flag in ("--teacher", f"{task}=results/teachers/{task}.npz")]
+# The distillation recipe, fixed before its seeds ran: the best setup with R-Drop 1 (no CFIMDB start, which costs
+# a 52-minute row first), every task taught by its single-task teacher (SST by three seeds' mean), the gold share
+# annealed from 0 to 1 (Clark et al. 2019); with the default seed and seeds 2 and 3.
+DISTILLED = {f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal{suffix}":
+             [*BEST_SETUP, "--rdrop", "1", *TEACHER_FLAGS, "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -145,6 +160,10 @@ ROWS = {
     # BERT's 512 positions; the -len128 row cuts them at the default 128.
     "cfimdb-finetune": ([*CFIMDB, "--max-length", "512"], dict(cfimdb=0.966)),
     "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
+    **{name: (flags, {}) for name, flags in DISTILLED.items()},
+    # Whether PCGrad still matters once every task learns from a teacher: the recipe's default seed, summed.
+    "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal-nopcgrad": (
+        [*DISTILLED["distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"], "--no-pcgrad"], {}),
 }
 # Soup row -> its ingredient rows of the same budget: one model, the mean of their best parameters (train/soup.py).
 SOUPS = {
@@ -238,6 +257,25 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     print(f"{name}: {'done' if returncode == 0 else 'stopped (the next call resumes it)'} after "
           f"{wall_time / 60:.1f} min", flush=True)
     return returncode == 0
+
+
+def teacher_file(task: str) -> Path:
+    return RESULTS / "teachers" / f"{task}.npz"
+
+
+def make_teachers(names: list[str], extra: list[str], jobs: int) -> bool:
+    """Makes the teacher files the rows `names` need and lack: their teacher rows first (trained at their budget),
+    then `python -m train.teach`. True when every file is there."""
+    needed = sorted({task for name in names if name in ROWS for task in TEACHERS
+                     if f"{task}=results/teachers/{task}.npz" in ROWS[name][0] and not teacher_file(task).exists()})
+    for task in needed:
+        rows, epochs, samples = TEACHERS[task]
+        if not run_rows(rows, epochs, samples, extra, jobs):
+            return False
+        runs = [str(RESULTS / "runs" / budget_tag(epochs, samples) / row) for row in rows]
+        subprocess.run([sys.executable, "-m", "train.teach", "--task", task, "--out", str(teacher_file(task)), *runs],
+                       cwd=REPO, check=True)
+    return True
 
 
 def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int) -> bool:
@@ -392,8 +430,8 @@ def main(argv=None) -> int:
     sources = sorted({ENCODER_FROM[name] for name in trained if name in ENCODER_FROM})
     stages = [*(([source], epochs, samples) for source, epochs, samples in sources),
               (trained, args.epochs, args.samples_per_task), (soups, args.epochs, args.samples_per_task)]
-    if not args.summarize_only and not all(run_rows(names, epochs, samples, args.extra, args.jobs)
-                                           for names, epochs, samples in stages):
+    if not args.summarize_only and not (make_teachers(trained, args.extra, args.jobs) and all(
+            run_rows(names, epochs, samples, args.extra, args.jobs) for names, epochs, samples in stages)):
         print("stopped: the same command resumes the unfinished rows")
         return 130
     summarize()
