@@ -180,6 +180,9 @@ SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 # The rows in results/ were trained with pools of 64 batches, the default before 20 buckets and pools of 256
 # became it: kept for every row, so that rows stay comparable and their commands reproduce them.
 ROW_POOL = ["--pool-batches", "64"]
+# The row whose test predictions go to results/best/, named before it ran; and the row they came from before it.
+BEST_ROW = "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"
+PREVIOUS_BEST = "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1-seed3 at 5x10000"
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
 
 
@@ -324,6 +327,16 @@ def row_records(tag: str, name: str) -> Path | None:
     return None
 
 
+def extra_flags(info: dict, name: str) -> list[str]:
+    """The --extra flags a row ran with: in its run.json argv, those between the budget's and the row's own first
+    flag (whose later flags may carry names that have changed since)."""
+    argv, own = info.get("argv", []), ROWS.get(name, ([], {}))[0]
+    if "--pool-batches" not in argv or not own:
+        return []
+    start = argv.index("--pool-batches") + 2
+    return argv[start:next((i for i in range(start, len(argv)) if argv[i] == own[0]), start)]
+
+
 def summarize() -> None:
     """Writes results/README.md (a table per budget), rows.png, best/ and per-row copies in results/<budget>/<row>/."""
     import matplotlib
@@ -334,24 +347,31 @@ def summarize() -> None:
     lines = [
         "# Results",
         "",
-        "Default model all-MiniLM-L6-v2 (22.7M parameters), shipped data, dev split; one table per budget",
-        "(epochs x examples drawn per task and epoch; baseline-6041 draws 0.6041 of that). Cells: this project,",
-        "with the reference report's BERT-base numbers in parentheses. `epochs` is the epochs trained of the",
-        "budget's (a stopped row is marked) and the scores are those of the best epoch. Each row's command is in",
-        "its folder's run.json; `make results` reruns the 1x2000 table, `make results RESULTS_ARGS=\"--rows NAME\"`",
-        "one row, and `python results/reproduce.py --epochs E --samples-per-task N [--jobs J]` any budget.",
+        "Default model all-MiniLM-L6-v2 (22.7M parameters), shipped data, dev split; one table per budget (epochs x",
+        "examples drawn per task and epoch; baseline-6041 draws 0.6041 of that). Cells: this project, with the",
+        "reference report's BERT-base numbers in parentheses; the scores are those of the row's best epoch, and",
+        "`epochs` says how many of the budget's it trained. Each row's `command` reproduces it; its folder here holds",
+        "its config.json, metrics.jsonl, run.json (the train.main flags, wall time, machine, commit) and predictions.",
+        "",
+        "How to read these numbers:",
+        "- A row is one seed. A setup's figure is the mean and range over at least 3 seeds of a setup fixed before",
+        "  those seeds ran; about 60 setups were compared on dev, so the best single rows are optimistic (on the",
+        "  held-out half of the official dev split, scored outside the project, dev and held-out overall correlate",
+        "  at 0.30 across 41 rows).",
+        f"- `best/predictions` holds the test predictions of one row named before it ran: {BEST_ROW} (the",
+        "  distillation recipe's default seed), once it has finished here; until then they are those of",
+        f"  {PREVIOUS_BEST}, the best of the rows by dev.",
+        "- Wall times depend on the machine and on what shared its cores (run.json).",
     ]
     scores, finished = {}, {}
     for tag in budgets():
         epochs, samples = tag.split("x")
-        table, notes = [], []
+        table = []
         for name in [*ROWS, *SOUPS]:
             run_dir = row_records(tag, name)
             if run_dir is None:
                 continue
             info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1] if name in ROWS else {}
-            if info.get("note") and info["note"] not in notes:
-                notes.append(info["note"])
             records = epoch_records(run_dir)
             dev = scores[tag, name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]  # the best epoch's
             finished[tag, name] = info.get("finished", True)  # run.json of older rows was written when they finished
@@ -363,8 +383,11 @@ def summarize() -> None:
             overall = f"{dev['overall']:.3f}" if name in MULTITASK else ""
             trained = (f"soup of {len(SOUPS[name])} rows" if name in SOUPS else
                        f"{done}" if finished[tag, name] else f"{done} of {epochs}, stopped")
+            command = f"`python results/reproduce.py --rows {name} --epochs {epochs} --samples-per-task {samples}" + (
+                f" --extra {' '.join(extra)}`" if (extra := extra_flags(info, name)) else "`")
             table.append(f"| {name} | {' | '.join(cells)} | {overall} | {reference.get('overall', '')} | {trained} | "
-                         f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} |")
+                         f"{info['wall_time_s'] / 60:.1f} min | {info.get('device', 'cpu')} | {info['commit']} | "
+                         f"{command} |")
             target = RESULTS / tag / name
             if run_dir != target:
                 target.mkdir(parents=True, exist_ok=True)
@@ -375,18 +398,16 @@ def summarize() -> None:
         if table:  # a budget whose rows have no finished epoch yet gets no table
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
-                      "| device | commit |", "|---|---|---|---|---|---|---|---|---|---|", *table,
-                      *[f"\nNote: {note}" for note in notes]]
+                      "| device | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|", *table]
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
-    complete = [key for key in multitask if finished[key]]  # only these have test predictions
-    if complete:
-        tag, name = best = max(complete, key=lambda key: scores[key]["overall"])
+    chosen = [key for key in scores if key[1] == BEST_ROW and finished[key]]
+    if chosen:
+        tag, name = chosen[-1]  # the largest budget it finished at
         run_dir = row_records(tag, name)
         shutil.copytree(run_dir / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
         shutil.copyfile(run_dir / "curves.png", RESULTS / "best" / "curves.png")
-        lines += [f"Best finished multi-task row: **{name}** at {tag} (overall {scores[best]['overall']:.3f}); "
-                  "its test predictions are in `best/predictions/`, its curves in `best/curves.png`.", ""]
+        lines += [f"`best/` holds {name} at {tag} (overall {scores[tag, name]['overall']:.3f}).", ""]
     if multitask:
         tags = [t for t in budgets() if any(key[0] == t for key in multitask)]
         names_by_tag = {tag: [name for t, name in multitask if t == tag] for tag in tags}
