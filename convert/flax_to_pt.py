@@ -5,9 +5,9 @@
 
 The output (model.safetensors + config.json + vocab.txt + tokenizer_config.json) loads with
 transformers' `BertModel.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)`. A checkpoint
-directory holds the encoder alone: a training run's task heads (classifiers, regressor) are not exported.
-The output is written beside its destination and renamed into place once complete; an existing output
-directory is replaced only with --force.
+directory holds the encoder alone: a training run's task heads (classifiers, regressor) are not exported here
+(convert/export.py exports a run's whole model, heads included). The output is written beside its destination
+and renamed into place once complete; an existing output directory is replaced only with --force.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from flax.traverse_util import flatten_dict
 from safetensors.numpy import save
 
 from bert_flax.checkpoint import CheckpointError, from_pretrained
+from bert_flax.config import BertConfig
 from bert_flax.tokenizer import lower_case_setting
 from convert.mapping import flax_to_torch_name
 from convert.pt_to_flax import atomic_directory
@@ -52,23 +53,32 @@ def run_encoder_dir(src: Path) -> Path:
 def export_checkpoint(src: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     """Exports a converted or fine-tuned Flax checkpoint directory as a Hugging Face PyTorch directory.
 
-    Refuses an existing `out_dir` unless `force`. tokenizer_config.json carries model_max_length (the model's
-    max_position_embeddings), so transformers' tokenizers truncate to what the model accepts.
+    Refuses an existing `out_dir` unless `force`; the files are those of `write_encoder`.
     """
     src, out_dir = Path(src), Path(out_dir)
     if out_dir.exists() and not force:
         raise CheckpointError(f"{out_dir}: already exists (pass --force to replace it)")
     model, params = from_pretrained(src)
     vocab = (src / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    tokenizer_config = {"do_lower_case": lower_case_setting(src, vocab),
-                        "model_max_length": model.config.max_position_embeddings}
     with atomic_directory(out_dir) as tmp:
-        # Written through an ordinary file, not safetensors' save_file: that makes the file private (0600).
-        (tmp / "model.safetensors").write_bytes(save(params_to_state_dict(params), metadata={"format": "pt"}))
-        model.config.to_json_file(tmp / "config.json")
-        shutil.copyfile(src / "vocab.txt", tmp / "vocab.txt")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config) + "\n")
+        write_encoder(tmp, model.config, params, src / "vocab.txt", lower_case_setting(src, vocab))
     return out_dir
+
+
+def write_encoder(out_dir: Path, config: BertConfig, params, vocab_file: Path, lowercase: bool,
+                  max_length: int | None = None) -> None:
+    """Writes a Hugging Face BertModel directory's files (model.safetensors, config.json, vocab.txt,
+    tokenizer_config.json) into the existing directory `out_dir`.
+
+    tokenizer_config.json carries model_max_length, the length transformers' tokenizers truncate to:
+    `max_length`, by default the model's max_position_embeddings (what the model accepts).
+    """
+    # Written through an ordinary file, not safetensors' save_file: that makes the file private (0600).
+    (out_dir / "model.safetensors").write_bytes(save(params_to_state_dict(params), metadata={"format": "pt"}))
+    config.to_json_file(out_dir / "config.json")
+    shutil.copyfile(vocab_file, out_dir / "vocab.txt")
+    tokenizer_config = {"do_lower_case": lowercase, "model_max_length": max_length or config.max_position_embeddings}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config) + "\n")
 
 
 def main(argv=None) -> int:
