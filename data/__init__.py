@@ -19,7 +19,7 @@ _SOURCES = {
                      "shard_batch"), "input_pipeline"),
     **dict.fromkeys(("BUILTIN_TASK_FILE", "DataError", "MalformedRowWarning", "Rows", "TaskSpec", "load_task_file",
                      "read_rows", "registry"), "tasks"),
-    **dict.fromkeys(("NO_LABEL", "disable_progress_bars", "get_builder", "load_split", "source_digest", "task_spec"),
+    **dict.fromkeys(("NO_LABEL", "quiet_preparation", "get_builder", "load_split", "source_digest", "task_spec"),
                     "tfds_builders"),
 }
 __all__ = sorted(_SOURCES)

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import queue
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "default_tokenizer",
     "EncodedSplit",
     "encode_split",
+    "untruncated_lengths",
     "choose_buckets",
     "TaskData",
     "length_sorted_batches",
@@ -106,6 +108,17 @@ class EncodedSplit:
         """Per example, the padded length it needs: the longest of its sequences."""
         return self.lengths[:, :-1].max(axis=0)
 
+    def head(self, count: int) -> EncodedSplit:
+        """The first `count` examples in file order (all of them if fewer), with the padding row."""
+        if count >= len(self):
+            return self
+        keep = np.append(np.arange(count), -1)
+        return dataclasses.replace(
+            self, ids=self.ids[:count], labels=None if self.labels is None else self.labels[:count],
+            teacher=None if self.teacher is None else self.teacher[:count], input_ids=self.input_ids[:, keep],
+            token_type_ids=self.token_type_ids[:, keep], lengths=self.lengths[:, keep],
+        )
+
     def sentences(self) -> EncodedSplit:
         """Every sequence as an unlabeled example of its own: in bi mode the n a sentences, then the
         n b sentences (2n examples, each padded to its own length in batches); otherwise the split."""
@@ -142,6 +155,41 @@ def _remove_other_format_caches(cache_dir: Path) -> None:
     for path in cache_dir.glob("*.npz"):
         if path.name.split("-")[1:2] != [_TOKEN_CACHE_TAG]:
             path.unlink(missing_ok=True)
+
+
+def _cache_file(builder, tokenizer: Tokenizer, split: str, kind: str = "", **key) -> Path:
+    """A token cache file of `split` beside the task's prepared data (`kind`: what it holds, if not the tokens),
+    keyed by the cache format, the vocabulary, the lowercase flag, the task's sources and `key`."""
+    key = {"format": _TOKEN_CACHE_FORMAT, "vocab_sha256": _sha256_file(tokenizer.vocab_file),
+           "lowercase": tokenizer.lowercase, "source_sha256": builder.source_sha256, **key}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = "-".join([split, _TOKEN_CACHE_TAG, *([kind] if kind else []), digest])
+    return Path(builder.data_dir) / "tokenized" / f"{name}.npz"
+
+
+def _write_cache(cache_file: Path, **arrays) -> None:
+    """Writes a token cache file whole, then removes the files of other cache formats beside it."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache_file, "wb") as f:
+        np.savez(f, **arrays)
+    _remove_other_format_caches(cache_file.parent)
+
+
+def untruncated_lengths(task: TaskSpec | str, split: str, *, tokenizer: Tokenizer | None = None,
+                        data_dir: str | Path | None = None, source_dir: str | Path | None = None) -> np.ndarray:
+    """Per text column and example, (S, n): the example's token count with [CLS] and [SEP] and no truncation, each
+    sentence of a pair alone (S = 2) or the one sentence (S = 1). Counted once and cached beside the token cache,
+    for every max length."""
+    spec = task_spec(task, source_dir)
+    tokenizer = tokenizer or default_tokenizer()
+    cache_file = _cache_file(get_builder(spec, data_dir), tokenizer, split, "untruncated")
+    if not cache_file.exists():
+        columns = load_split(spec, split, data_dir).sentences
+        _write_cache(cache_file, lengths=np.array(
+            [[len(ids) for ids in tokenizer.encode(texts, max_length=sys.maxsize)[0]] for texts in columns],
+            np.int32).reshape(len(columns), -1))
+    with np.load(cache_file) as cached:
+        return cached["lengths"]
 
 
 def _tokenize(rows, spec: TaskSpec, tokenizer: Tokenizer, max_length: int) -> dict[str, np.ndarray]:
@@ -201,23 +249,13 @@ def encode_split(
         raise ValueError(f"swapped pairs exist in cross mode only, not in mode {mode!r}")
     tokenizer = tokenizer or default_tokenizer()
     builder = get_builder(spec, data_dir)
-    key = {
-        "format": _TOKEN_CACHE_FORMAT,
-        "vocab_sha256": _sha256_file(tokenizer.vocab_file),
-        "lowercase": tokenizer.lowercase,
-        "max_length": max_length,
-        "source_sha256": builder.source_sha256,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_file = Path(builder.data_dir) / "tokenized" / f"{split}-{_TOKEN_CACHE_TAG}-{digest}.npz"
+    cache_file = _cache_file(builder, tokenizer, split, max_length=max_length)
     if not cache_file.exists():
         rows = load_split(spec, split, data_dir)
         # The rows' ids and labels are cached too: reading them back from TFDS costs about 0.1 ms a row.
         labels = {} if rows.labels is None else {"labels": rows.labels}
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(cache_file, "wb") as f:
-            np.savez(f, row_ids=np.asarray(rows.ids, dtype=str), **labels, **_tokenize(rows, spec, tokenizer, max_length))
-        _remove_other_format_caches(cache_file.parent)
+        _write_cache(cache_file, row_ids=np.asarray(rows.ids, dtype=str), **labels,
+                     **_tokenize(rows, spec, tokenizer, max_length))
     with np.load(cache_file) as cached:
         ids, labels = cached["row_ids"].tolist(), cached["labels"] if "labels" in cached.files else None
         sequences = [
@@ -326,6 +364,8 @@ class TaskData:
             encode_split, self.spec, mode=mode, tokenizer=tokenizer or default_tokenizer(),
             max_length=max_length, data_dir=data_dir,
         )
+        self._untruncated_lengths = functools.partial(untruncated_lengths, self.spec, "train",
+                                                      tokenizer=tokenizer or default_tokenizer(), data_dir=data_dir)
         self._splits = {"train": self._encode("train")}
         self.swap_pairs = swap_pairs
         self.teach(None)
@@ -337,6 +377,14 @@ class TaskData:
         train = dataclasses.replace(self.split("train"), teacher=targets)
         self._train = train.concatenate(dataclasses.replace(self.split("train", swapped=True), teacher=targets)) \
             if self.swap_pairs else train
+
+    def cut_share(self) -> float:
+        """The share of the training file's sequences that `max_length` cuts: its sentences, or in cross mode its
+        pairs as one sequence (untruncated lengths from `untruncated_lengths`)."""
+        lengths = self._untruncated_lengths()
+        # [CLS] a [SEP] b [SEP]: the two sentences' lengths alone, less one of their two [CLS] tokens.
+        sequences = lengths.sum(axis=0) - 1 if self.mode == "cross" else lengths.ravel()
+        return float(np.mean(sequences > self.max_length)) if sequences.size else 0.0
 
     @property
     def train(self) -> EncodedSplit:

@@ -36,12 +36,13 @@ __all__ = [
     "task_spec",
     "get_builder",
     "load_split",
-    "disable_progress_bars",
+    "quiet_preparation",
 ]
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".cache" / "tfds"
 NO_LABEL = -1
 _TEXT_FEATURES = ("text", "text_pair")
+_quiet = False  # set by quiet_preparation
 
 
 def _sha256(path: Path) -> str:
@@ -68,8 +69,16 @@ def source_digest(task: TaskSpec | str, source_dir: str | Path | None = None) ->
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """The DatasetInfo of a task prepared from local files only."""
+
+    def initialize_from_bucket(self) -> None:
+        """Nothing to fetch: TFDS looks for a public dataset's metadata in its bucket before preparing a
+        dataset, and leaves an empty temporary folder behind each time (tempfile.mkdtemp(suffix="tfds"))."""
+
+
 class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Builder of one task from its declared files."""
+    """Builder of one task from its declared files; with `quiet_preparation`, silent while it prepares them."""
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"2.0.0": "Any declared task; text and text_pair features.",
@@ -85,7 +94,7 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(data_dir=str(root), file_format="array_record")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=(f"Task {self.spec.name} ({self.spec.kind}) declared in {self.spec.source} (sources sha256 "
                          f"{self.source_sha256}); label {NO_LABEL} means no label."),
@@ -98,6 +107,15 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 }
             ),
         )
+
+    def _log_download_bytes(self) -> None:
+        # TFDS prints "Downloading and preparing dataset Unknown size ..." here, although nothing is downloaded.
+        if not _quiet:
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        if not _quiet:
+            super()._log_download_done()
 
     def _split_generators(self, dl_manager):
         # Every file is read (and validated) before anything is written.
@@ -165,6 +183,9 @@ def load_split(task: TaskSpec | str, split: str, data_dir: str | Path | None = N
     return Rows(ids, texts, None if unlabeled else labels)
 
 
-def disable_progress_bars() -> None:
-    """Turns off the progress bars TFDS draws while it prepares task data on first use (process-wide)."""
+def quiet_preparation() -> None:
+    """Silences the preparation of task data on first use, process-wide: TFDS's progress bars and its lines
+    before and after."""
+    global _quiet
+    _quiet = True
     tfds.disable_progress_bar()

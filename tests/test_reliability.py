@@ -12,6 +12,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bench.kill_resume import TIMING_FIELDS, Training, complete_steps
+from tests.helpers import REPO
 from data import tfds_builders
 from data.tasks import MalformedRowWarning
 from data import atomic
@@ -204,6 +208,61 @@ def test_ctrl_c_in_the_last_step_of_an_epoch_stops_at_its_checkpoint(workdir, ti
     _, saved = checkpoint(run_dir / "checkpoints" / "latest")
     assert (saved["epoch"], saved["next_step"], saved["global_step"]) == (1, 0, 3)
     assert len(metric_lines(run_dir)) == 1
+
+
+# `python -c SLOW_EVALUATION ARGS` is `python -m train.main ARGS` with every prediction batch taken 0.3 s late (the
+# predictions unchanged): an evaluation of the small data lasts seconds, as one of the real data lasts minutes.
+SLOW_EVALUATION = """
+import sys, time
+from train import main, predictor
+predict_split = predictor.predict_split
+predictor.predict_split = lambda fn, params, batches, *rest: predict_split(
+    fn, params, (time.sleep(0.3) or batch for batch in batches), *rest)
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+class SlowEvaluation(Training):
+    """A training subprocess running SLOW_EVALUATION."""
+
+    def __init__(self, argv: list[str], cwd: Path, stderr: Path):
+        self.stderr, self.lines = stderr, []
+        with open(stderr, "a") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", SLOW_EVALUATION, *argv], cwd=cwd, text=True,
+                                         stdout=subprocess.PIPE, stderr=err,
+                                         env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+
+
+def test_ctrl_c_during_an_evaluation_says_what_it_finishes_and_a_second_one_stops_at_once(
+        workdir, reference, tiny_encoder, small_data, tmp_path):
+    """The first Ctrl-C in epoch 0's dev evaluation says it finishes it; the second ends the process within
+    seconds, without the end-of-epoch checkpoint, and the run resumes to the uninterrupted result."""
+    run_dir = tmp_path / "run"
+    training = SlowEvaluation(tiny_args(tiny_encoder, small_data, "--run-dir", str(run_dir)), workdir,
+                              workdir / f"stderr-{time.monotonic_ns()}.txt")
+    notice = ("finishing the dev evaluation of epoch 0; Ctrl-C again stops now (the run resumes from its last "
+              "checkpoint)")
+    try:
+        # The quiet line of the first task's predictions: para's and sts's take 5 s more.
+        wait_for(training, lambda: any(line.startswith("epoch 0 dev sst: ") for line in training.lines),
+                 "epoch 0's dev evaluation")
+        training.proc.send_signal(signal.SIGINT)
+        wait_for(training, lambda: notice in training.stderr.read_text(), "the notice of the first Ctrl-C", timeout=10)
+        training.proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert finish(training, timeout=60) == 130, training.output()
+        assert time.monotonic() - sent < 3, training.output()
+    finally:
+        if training.proc.poll() is None:
+            training.kill()
+    assert f"interrupted; continue with --resume {run_dir}" in training.output()
+    assert "Traceback" not in training.output()
+    assert steps(run_dir / "checkpoints" / "latest") == {2}  # step 2's (--save-every-steps 2), not epoch 0's end
+    resumed = Training(["--resume", str(run_dir), "--quiet"], workdir, workdir / f"stderr-{time.monotonic_ns()}.txt")
+    assert finish(resumed) == 0, resumed.output()
+    assert_same_outcome(run_dir, reference)
 
 
 def test_ctrl_c_during_set_up_exits_130_and_says_how_to_resume(workdir, tiny_encoder, small_data, tmp_path,

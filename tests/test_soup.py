@@ -69,7 +69,10 @@ def test_soup_is_a_run_directory_that_evaluates_and_predicts(ingredients, soup_d
 
 def test_soup_of_a_run_with_itself_scores_as_the_run(ingredients, tmp_path, capsys):
     run = ingredients[0]
-    assert soup.main(["--run-dir", str(tmp_path / "same"), str(run), str(run)]) == 0
+    assert soup.main(["--run-dir", str(tmp_path / "same"), str(run), str(run), "--quiet"]) == 0
+    # A line for each task and split it predicted (a bar on a terminal without --quiet).
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if " examples in " in line] == [
+        f"{split} {task}" for split in ("dev", "test") for task in ("sst", "para", "sts")]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     (record,) = [json.loads(line) for line in (tmp_path / "same" / "metrics.jsonl").read_text().splitlines()]
     assert record["dev"] == max(records, key=lambda r: r["dev"]["overall"])["dev"]

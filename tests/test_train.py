@@ -1,7 +1,11 @@
 """Multi-task model and training CLI on a tiny random encoder and a small copy of the task data."""
 
 import dataclasses
+import io
+import itertools
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,10 +17,11 @@ from tests.conftest import SMALL_ROWS
 from tests.helpers import DATA_DIR, REPO, devices_env
 from train import cli as train_config
 from data.tasks import registry
-from train import evaluate, loop, main, metrics, predict
+from train import epochs, evaluate, loop, main, metrics, predict
 from train.evaluate import evaluate_run
 from train.run import Run, RunError, load_run
 from train.step import make_update
+from data.input_pipeline import shard_batch
 from train.cli import PRESETS
 from train.config import TrainConfig
 
@@ -87,6 +92,10 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
      "--ordinal-loss: applies to tasks with class logits, and --tasks sts has none"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--save-every-steps", "-5"], "--save-every-steps -5: must be 0"),
+    (["--grad-accumulation", "0"], "--grad-accumulation must be positive, not 0"),
+    (["--eval-every-steps", "-1"], "--eval-every-steps -1: must be 0 (each epoch's end only) or positive"),
+    (["--eval-max-examples", "-3"], "--eval-max-examples -3: must be 0 (all of them) or positive"),
+    (["--early-stopping-patience", "-2"], "--early-stopping-patience -2: must be 0 (never stop early) or positive"),
     (["--max-length", "2"], "--max-length 2: must be at least 8"),
     (["--weight-decay", "-0.1"], "--weight-decay -0.1: must be 0 or positive"),
     (["--select-by", "cfimdb"], "--select-by 'cfimdb': choose overall or a task of the run (sst,para,sts)"),
@@ -399,7 +408,7 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
             "--epochs", "2", "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32",
             "--max-length", "32", "--num-buckets", "2", "--lr", "1e-3", "--ema", "0.5", "--run-dir", str(run_dir),
             "--quiet"]
-    predict, evaluated_params = Run.predict, loop.evaluated_params
+    predict, evaluated_params = Run.predict, epochs.evaluated_params
 
     def recorded_evaluated_params(state, config):
         params = evaluated_params(state, config)
@@ -408,9 +417,9 @@ def finished_run(tiny_encoder, small_data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "make_update", lambda *args: UPDATES.append(make_update(*args)) or UPDATES[-1])
-        patch.setattr(Run, "predict", lambda self, params, split:
-                      PREDICTED.append((split, jax.device_get(params))) or predict(self, params, split))
-        patch.setattr(loop, "evaluated_params", recorded_evaluated_params)
+        patch.setattr(Run, "predict", lambda self, params, split, *args:
+                      PREDICTED.append((split, jax.device_get(params))) or predict(self, params, split, *args))
+        patch.setattr(epochs, "evaluated_params", recorded_evaluated_params)
         assert main.main(argv) == 0
     return run_dir
 
@@ -675,3 +684,247 @@ def test_compilation_cache_keeps_programs_that_compile_quickly(tmp_path):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list((tmp_path / "cache").iterdir())
+
+
+def test_micro_batches_split_every_row_once_and_bi_pairs_alike():
+    """Micro-batch k of a batch of n x B rows holds rows k, k + n, ...; the a and b sentences of a bi-encoded
+    pair (rows i and n x B + i of the token arrays) stay together."""
+    from train.step import micro_batches
+
+    rows, n = 8, 2
+    batch = {"weights": np.arange(rows, dtype=np.float32), "teacher": np.arange(rows * 3).reshape(rows, 3),
+             "input_ids": np.concatenate([np.arange(rows), 100 + np.arange(rows)])[:, None] * np.ones((1, 4), int)}
+    micro = jax.device_get(micro_batches(batch, n))
+    for k in range(n):
+        np.testing.assert_array_equal(micro["weights"][k], np.arange(k, rows, n))
+        np.testing.assert_array_equal(micro["teacher"][k], batch["teacher"][k::n])
+        np.testing.assert_array_equal(micro["input_ids"][k][:, 0], np.concatenate([np.arange(k, rows, n),
+                                                                                  100 + np.arange(k, rows, n)]))
+
+
+@pytest.mark.parametrize("pcgrad", [False, True], ids=["sum", "pcgrad"])
+def test_grad_accumulation_makes_the_update_of_the_larger_batch(tiny_encoder, small_data, pcgrad):
+    """--grad-accumulation 2 with --batch-size 4 on a batch of 8 rows gives each task the loss and gradient of
+    --batch-size 8 on the same rows, and so the same update (PCGrad or sum, clipping, then AdamW once). The
+    micro-batches hold 4 and 1 real rows (the others are padding): a plain mean of their gradients would differ.
+    Dropout is off: the two ways draw different masks."""
+    import optax
+
+    from train.model import MultitaskBert
+    from train.optim import ScaleByMinbertAdamState
+    from train.step import init_state, make_grad_fns, make_optimizer, train_step
+
+    whole = tiny_config(tiny_encoder, small_data, tasks=("sst", "para"), dropout=0.0, pcgrad=pcgrad,
+                        max_grad_norm=0.05, batch_size=8)
+    accumulated = dataclasses.replace(whole, batch_size=4, grad_accumulation=2)
+    run = Run(accumulated, tiny_encoder)
+    bert_config = dataclasses.replace(run.bert_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    host = next(run.stream().epoch(0))
+    assert all(len(b["weights"]) == 8 for b in host.values())  # the stream's batches are 2 x 4 rows
+    for b in host.values():
+        b["weights"] = np.array([1, 1, 1, 0, 1, 0, 1, 0], np.float32)  # rows 0, 2, 4, 6 and 1 of micro-batch 0, 1
+    batches = shard_batch(host, run.mesh)
+    key, results = jax.random.key(0, impl="rbg"), []
+    for config in (whole, accumulated):
+        params, model = run.init_params(), MultitaskBert(bert_config, config)  # fresh: the update donates them
+        grad_fns, tx = make_grad_fns(model, config), make_optimizer(config, total_steps=1)
+        grads = {t: grad_fns[t](params, batches[t], key, 0) for t in config.tasks}
+        state, _, _ = train_step(init_state(params, tx), batches, key, grad_fns, make_update(config, tx))
+        results.append(jax.device_get((grads, state.opt_state)))
+    (want_grads, want_opt), (got_grads, got_opt) = results
+    for task in whole.tasks:
+        np.testing.assert_allclose(got_grads[task][0], want_grads[task][0], rtol=1e-6)
+    # Float32 rounding relative to each tree's scale (the sums run in another order).
+    for want, got in ((want_grads, got_grads), (want_opt, got_opt)):
+        leaves = jax.tree_util.tree_leaves(want)
+        scale = max(float(np.abs(leaf).max()) for leaf in leaves)
+        for w, g in zip(leaves, jax.tree_util.tree_leaves(got)):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * scale)
+    # The combined gradient was clipped: AdamW's first moment, 0.1 of it after one update, has 0.1 of the norm.
+    (adam,) = [s for s in jax.tree_util.tree_leaves(want_opt, is_leaf=lambda s: isinstance(s, ScaleByMinbertAdamState))
+               if isinstance(s, ScaleByMinbertAdamState)]
+    assert float(optax.tree.norm(adam.mu)) == pytest.approx(0.1 * 0.05, rel=1e-4)
+
+
+# Two epochs of three steps: --grad-accumulation 2 of --batch-size 4 makes the stream's batches 8 rows.
+OPTIONS = ["--grad-accumulation", "2", "--batch-size", "4", "--eval-every-steps", "2", "--eval-max-examples", "10"]
+OPTIONS_PREDICTED = []  # (split, {task: number of predictions}) of each Run.predict call of options_run
+OPTIONS_RESULT = {}  # the dev metrics that options_run's training returned
+
+
+def options_argv(tiny_encoder, small_data, run_dir, *more) -> list[str]:
+    return ["--tasks", "sst,sts", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--epochs",
+            "2", "--samples-per-task", "24", "--eval-batch-size", "32", "--max-length", "32", "--num-buckets", "1",
+            "--lr", "1e-3", "--run-dir", str(run_dir), "--quiet", *OPTIONS, *more]
+
+
+@pytest.fixture(scope="module")
+def options_run(tiny_encoder, small_data, tmp_path_factory):
+    """A run with the options of OPTIONS, from its command line."""
+    run_dir = tmp_path_factory.mktemp("runs") / "options"
+    config, _ = train_config.parse_args(options_argv(tiny_encoder, small_data, run_dir))
+    predict = Run.predict
+
+    def recorded_predict(self, params, split, *args):
+        preds = predict(self, params, split, *args)
+        OPTIONS_PREDICTED.append((split, {task: len(p) for task, p in preds.items()}))
+        return preds
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Run, "predict", recorded_predict)
+        OPTIONS_RESULT.update(loop.train(config, run_dir, quiet=True))
+    return run_dir
+
+
+def test_eval_every_steps_evaluates_within_epochs_and_keeps_the_best_of_all(options_run):
+    records = read_metrics(options_run)
+    # Steps 2 and 4 within the epochs, 3 and 6 at their ends (step 6 is both: evaluated once).
+    assert [(r["epoch"], r["step"], r["epoch_progress"]) for r in records] == [
+        (0, 2, pytest.approx(2 / 3)), (0, 3, 1), (1, 4, pytest.approx(4 / 3)), (1, 6, 2)]
+    assert all(set(r["loss"]) == {"sst", "sts"} and set(r["dev"]) == {"sst", "sts", "overall"} for r in records)
+    best = max(records, key=lambda r: r["dev"]["overall"])
+    _, meta = load_run_meta(options_run)
+    assert (meta["step"], meta["dev"]) == (best["step"], best["dev"])
+
+
+def load_run_meta(run_dir):
+    from train.run import best_params
+
+    run, _ = load_run(run_dir)
+    return best_params(run_dir, run)
+
+
+def test_grad_accumulation_runs_the_steps_of_the_larger_batches(options_run):
+    """--grad-accumulation 2 --batch-size 4: three steps of 8 rows per task an epoch, not six of 4."""
+    ends = [r for r in read_metrics(options_run) if "examples_per_s" in r]
+    assert [(r["steps"], r["examples"]) for r in ends] == [(3, 48), (3, 48)]
+
+
+def test_eval_max_examples_scores_the_first_examples_and_the_best_on_the_whole_dev_set(options_run, tmp_path,
+                                                                                      capsys):
+    """Dev is predicted on 10 examples per task at each of the 4 evaluations; at the end, the best checkpoint on
+    all of dev (its scores the run's result), and test once."""
+    assert OPTIONS_PREDICTED == [("dev", {"sst": 10, "sts": 10})] * 4 + [
+        ("dev", {"sst": SMALL_ROWS, "sts": SMALL_ROWS}), ("test", {"sst": SMALL_ROWS, "sts": SMALL_ROWS})]
+    for task in ("sst", "sts"):
+        lines = (options_run / "predictions" / f"{task}-dev-output.csv").read_text().splitlines()
+        assert len(lines) == 1 + SMALL_ROWS
+    whole = {k.removeprefix("dev_"): v for k, v in evaluate_run(options_run, ("dev",)).items()}
+    assert OPTIONS_RESULT == whole
+    assert max(r["dev"]["overall"] for r in read_metrics(options_run)) != whole["overall"]
+    # Its outputs redone (resumed when finished), the run's result is still that of the whole dev set.
+    capsys.readouterr()
+    assert main.main(["--resume", str(shutil.copytree(options_run, tmp_path / "run")), "--quiet"]) == 0
+    assert f"best dev: {' '.join(f'{k}={v:.4f}' for k, v in whole.items())}" in capsys.readouterr().out.splitlines()
+
+
+def test_a_run_killed_between_an_evaluation_and_its_checkpoint_resumes_to_the_same_outcome(
+        options_run, tiny_encoder, small_data, tmp_path, monkeypatch):
+    """Killed (in-process) after the step-4 evaluation wrote its metrics line and maybe its best checkpoint, before
+    the latest checkpoint that follows: the resumed run drops that line, repeats the evaluation, and ends as the
+    run never stopped."""
+    class Killed(BaseException):
+        pass
+
+    save = epochs.save_checkpoint
+
+    def killed_at_step_4(manager, step, tree, meta):
+        if "latest" in str(manager.directory) and step == 4:
+            raise Killed
+        save(manager, step, tree, meta)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(epochs, "save_checkpoint", killed_at_step_4)
+    with pytest.raises(Killed):
+        main.main(options_argv(tiny_encoder, small_data, run_dir))
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(run_dir)] == [2, 3, 4]
+    assert main.main(["--resume", str(run_dir), "--quiet"]) == 0
+
+    def timeless(records):
+        return [{k: v for k, v in r.items() if k not in ("step_time_s", "examples_per_s")} for r in records]
+
+    assert timeless(read_metrics(run_dir)) == timeless(read_metrics(options_run))
+    ours, reference = (jax.device_get(load_run(d)[1]) for d in (run_dir, options_run))
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert {p.name: p.read_bytes() for p in (run_dir / "predictions").iterdir()} == {
+        p.name: p.read_bytes() for p in (options_run / "predictions").iterdir()}
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvement(
+        tiny_encoder, small_data, tmp_path, monkeypatch, capsys):
+    """Scripted overall scores 0.5, 0.6, 0.55, 0.58 at steps 1 to 4 with --early-stopping-patience 2: the run stops
+    after the fourth evaluation (within epoch 1 of 3), then finishes from the best (the second) as usual. Resumed,
+    it says it had finished and trains no further."""
+    scores, score = itertools.chain([0.5, 0.6, 0.55, 0.58], itertools.repeat(0.9)), Run.score
+
+    def scripted(self, split, preds):
+        metrics = score(self, split, preds)
+        return {**metrics, "overall": next(scores)} if split == "dev" else metrics
+
+    monkeypatch.setattr(Run, "score", scripted)
+    run_dir = tmp_path / "run"
+    argv = ["--tasks", "sst", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--epochs", "3",
+            "--samples-per-task", "24", "--batch-size", "8", "--eval-batch-size", "32", "--max-length", "32",
+            "--num-buckets", "1", "--eval-every-steps", "1", "--early-stopping-patience", "2", "--run-dir",
+            str(run_dir), "--quiet"]
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert [(r["step"], r["dev"]["overall"]) for r in read_metrics(run_dir)] == [(1, 0.5), (2, 0.6), (3, 0.55),
+                                                                                 (4, 0.58)]
+    assert ("stopping early: 2 evaluations in a row without a better overall score than 0.6000 (epoch 0 step 2)"
+            in out.splitlines())
+    assert "best dev: sst=" in out
+    _, meta = load_run_meta(run_dir)
+    assert (meta["step"], meta["dev"]["overall"]) == (2, 0.6)
+    assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == ["sst-dev-output.csv", "sst-test-output.csv"]
+    assert (run_dir / "curves.png").exists()
+    (run_dir / "curves.png").unlink()
+    assert main.main(["--resume", str(run_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert (f"{run_dir} had finished (stopped early at step 4); redoing its final outputs from the best checkpoint: "
+            "predictions, best_encoder/ and curves.png") in out.splitlines()
+    assert len(read_metrics(run_dir)) == 4 and (run_dir / "curves.png").exists()
+
+
+def test_resuming_a_finished_run_says_so_and_redoes_its_outputs(finished_run, tmp_path, capsys):
+    run_dir = shutil.copytree(finished_run, tmp_path / "run")
+    (run_dir / "curves.png").unlink()
+    (run_dir / "predictions" / "sts-test-output.csv").unlink()
+    assert main.main(["--resume", str(run_dir), "--quiet"]) == 0
+    assert (f"{run_dir} had finished (trained its 2 epochs); redoing its final outputs from the best checkpoint: "
+            "predictions, best_encoder/ and curves.png") in capsys.readouterr().out.splitlines()
+    assert read_metrics(run_dir) == read_metrics(finished_run)
+    assert (run_dir / "curves.png").exists()
+    assert ((run_dir / "predictions" / "sts-test-output.csv").read_bytes()
+            == (finished_run / "predictions" / "sts-test-output.csv").read_bytes())
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("case", ["terminal", "terminal --quiet", "log file"])
+def test_evaluation_shows_a_progress_bar_per_task_and_split_or_plain_lines(finished_run, case, capsys, monkeypatch):
+    """train.evaluate draws a bar per task and split on a terminal; with --quiet, or when stderr is not a terminal
+    (a log file), a plain line each instead, and no bar."""
+    if case.startswith("terminal"):
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    argv = ["--checkpoint", str(finished_run)] + (["--quiet"] if case.endswith("--quiet") else [])
+    assert evaluate.main(argv) == 0
+    out, err = capsys.readouterr()
+    err = sys.stderr.getvalue() if case.startswith("terminal") else err
+    plain_lines = [line for line in out.splitlines() if re.fullmatch(r"(dev|test) \w+: 96 examples in \d+\.\d s", line)]
+    if case == "terminal":
+        assert not plain_lines
+        for split in ("dev", "test"):
+            for task in ("sst", "para", "sts"):
+                assert re.search(rf"{split} {task}: +\d+%\|", err), err
+    else:
+        assert [line.split(":")[0] for line in plain_lines] == [f"{split} {task}" for split in ("dev", "test")
+                                                                for task in ("sst", "para", "sts")]
+        assert "100%" not in err and "\x1b" not in err

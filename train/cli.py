@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                "this decay per step, e.g. 0.999 (0: the parameters themselves)", float)
     add("epochs", "epochs", int)
     add("batch-size", "examples per task per step", int)
+    add("grad-accumulation", "accumulate each task's gradient over N micro-batches of --batch-size rows before the "
+                             "update: the update of batches N times larger, in the memory of one", int, metavar="N")
     add("samples-per-task", "examples drawn per task and epoch (--sampling resample)", int)
     add("sampling", "resample, min, proportional or annealed")
     add("max-length", "tokens per sequence, longer ones cut", int)
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("data-dir", "folder of the built-in tasks' files")
     add("eval-batch-size", "examples per evaluation batch", int)
     add("save-every-steps", "also checkpoint every N steps (0: at each epoch's end only)", int)
+    add("eval-every-steps", "also evaluate on dev, and keep the best by --select-by, every N steps (0: at each "
+                            "epoch's end only)", int, metavar="N")
+    add("eval-max-examples", "score dev during training on the first N examples of each task, for quick runs; the "
+                             "best checkpoint is scored on the whole dev set at the end (0: all of them)", int,
+        metavar="N")
+    add("early-stopping-patience", "stop training after P evaluations in a row without a better --select-by score, "
+                                   "then finish as usual from the best checkpoint (0: never)", int, metavar="P")
     p.add_argument("--teacher", action="append", metavar="TASK=FILE",
                    help="distil TASK from a teacher file written by `python -m train.teach` (its predictions on the "
                         "task's training rows): the task's objective mixes its gold loss with the loss to the "
@@ -111,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("log-every", "steps between TensorBoard points of the training losses and the learning rate", int)
     p.add_argument("--run-dir", help="default: runs/<time>-<preset or custom>")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="plain log lines instead of progress bars (as whenever stderr is not a terminal)")
     launch = p.add_argument_group("multi-process (multi-host) runs: the same command in every process; the run "
                                   "directory on a file system they share")
     launch.add_argument("--distributed", action="store_true",

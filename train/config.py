@@ -55,6 +55,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of the parameters, which is then evaluated and kept (0: none)
     epochs: int = 10
     batch_size: int = 32  # per task
+    grad_accumulation: int = 1  # micro-batches of batch_size per update: the update of N-times-larger batches
     samples_per_task: int = 10_000
     sampling: str = "resample"  # resample | min | proportional | annealed
     max_length: int = 128
@@ -67,6 +68,9 @@ class TrainConfig:
     data_dir: str = "data/cs224n"
     eval_batch_size: int = 128
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    eval_every_steps: int = 0  # also evaluate on dev every N steps (0: at each epoch's end only)
+    eval_max_examples: int = 0  # score dev during training on the first N examples per task (0: all of them)
+    early_stopping_patience: int = 0  # stop after P evaluations in a row without a better --select-by score
     teachers: str = ""  # TASK=FILE[,TASK=FILE]: teacher files (train/teach.py) the tasks also learn from
     teacher_weight: float = 0.5  # the distillation loss's share of a taught task's objective
     teacher_annealing: bool = False  # instead, the gold share rises linearly from 0 to 1 over the run (BAM)
@@ -103,7 +107,7 @@ class TrainConfig:
         if self.swap_pairs and not crossed:
             raise ConfigError("--swap-pairs: no task of the run encodes its pairs as one sequence; add --pair-encoding "
                               "cross or TASK=cross")
-        for name in ("epochs", "batch_size", "samples_per_task", "num_buckets", "pool_batches",
+        for name in ("epochs", "batch_size", "grad_accumulation", "samples_per_task", "num_buckets", "pool_batches",
                      "eval_batch_size", "encoder_chunks", "log_every"):
             value = getattr(self, name)
             if value <= 0:
@@ -112,6 +116,10 @@ class TrainConfig:
             raise ConfigError(f"--max-length {self.max_length}: must be at least 8 ([CLS], [SEP] and some words)")
         if self.save_every_steps < 0:
             raise ConfigError(f"--save-every-steps {self.save_every_steps}: must be 0 (each epoch's end) or positive")
+        for name, zero in (("eval_every_steps", "each epoch's end only"), ("eval_max_examples", "all of them"),
+                           ("early_stopping_patience", "never stop early")):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 ({zero}) or positive")
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"--lr {self.lr}: must be positive")
         if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps and self.warmup_ratio:

@@ -12,10 +12,10 @@ from .run import RunError, load_run
 __all__ = ["evaluate_run", "main"]
 
 
-def evaluate_run(run_dir: Path, splits: tuple[str, ...] = ("dev", "test")) -> dict:
+def evaluate_run(run_dir: Path, splits: tuple[str, ...] = ("dev", "test"), quiet: bool = False) -> dict:
     """Scores a run's best checkpoint on `splits` (metrics where labels exist) and rewrites its prediction
-    files."""
-    run, params = load_run(run_dir)
+    files; a progress bar per task and split, or with `quiet` a line for each."""
+    run, params = load_run(run_dir, quiet)
     metrics = {}
     for split in splits:
         scores = run.evaluate(params, split, run_dir / "predictions")
@@ -28,9 +28,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a training run directory")
     parser.add_argument("--splits", default="dev,test", help="comma-separated splits to predict (default: dev,test)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="plain log lines instead of progress bars (as whenever stderr is not a terminal)")
     args = parser.parse_args(argv)
     try:
-        metrics = evaluate_run(Path(args.checkpoint), tuple(args.splits.split(",")))
+        metrics = evaluate_run(Path(args.checkpoint), tuple(args.splits.split(",")), args.quiet)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""Predictions of a model for whole tokenized splits: length-sorted batches, sharded over the devices."""
+"""Predictions of a model for whole tokenized splits: length-sorted batches, sharded over the devices, with a
+progress bar per task and split (train/feedback.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jax.sharding import Mesh
 from data.input_pipeline import EncodedSplit, length_sorted_batches, shard_batch
 
 from .config import TrainConfig
+from .feedback import progress
 from .losses import predictions
 from .model import MultitaskBert
 
@@ -28,11 +30,16 @@ class Predictor:
     A bi-encoded pair task encodes each sentence once, in length-sorted batches of sentences
     (`EncodedSplit.sentences`), then runs its head on the two sentences' features: a batch of pairs
     would pad both sentences of a pair to the longer one's bucket.
+
+    Each call shows a progress bar over its batches, named "<split> <task>" unless given a `label`; with
+    `quiet`, a line when it ends instead (train/feedback.py).
     """
 
-    def __init__(self, model: MultitaskBert, config: TrainConfig, mesh: Mesh, batch_size: int | None = None):
+    def __init__(self, model: MultitaskBert, config: TrainConfig, mesh: Mesh, batch_size: int | None = None,
+                 quiet: bool = False):
         self.mesh = mesh
         self.batch_size = batch_size or config.eval_batch_size
+        self.quiet = quiet
 
         def outputs(params, batch, task):
             if "u" in batch:
@@ -50,28 +57,43 @@ class Predictor:
         self.config = config
 
     def __call__(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray,
-                 swapped: EncodedSplit | None = None) -> np.ndarray:
-        return np.asarray(predictions(self.outputs(params, task, encoded, buckets, swapped), task, self.config))
+                 swapped: EncodedSplit | None = None, label: str | None = None) -> np.ndarray:
+        return np.asarray(predictions(self.outputs(params, task, encoded, buckets, swapped, label), task,
+                                      self.config))
 
     def outputs(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray,
-                swapped: EncodedSplit | None = None) -> np.ndarray:
+                swapped: EncodedSplit | None = None, label: str | None = None) -> np.ndarray:
         """The model's raw outputs (logits or scores) for every example, in file order; with `swapped`, the mean
         over both orders."""
-        outputs = self._split_outputs(params, task, encoded, buckets)
-        if swapped is not None:
-            outputs = (outputs + self._split_outputs(params, task, swapped, buckets)) / 2
-        return outputs
+        orders = [encoded] if swapped is None else [encoded, swapped]
+        # Batches of each order: the sentences', then the heads' on their features (bi), or the examples'.
+        batches = len(orders) * (self._batch_count(2 * len(encoded)) + self._batch_count(len(encoded))
+                                 if encoded.mode == "bi" else self._batch_count(len(encoded)))
+        with progress(label or f"{encoded.split} {task}", batches, "batch", f"{len(encoded)} examples",
+                      self.quiet) as bar:
+            outputs = [self._split_outputs(params, task, order, buckets, bar) for order in orders]
+        return outputs[0] if swapped is None else (outputs[0] + outputs[1]) / 2
 
-    def _split_outputs(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray) -> np.ndarray:
+    def _batch_count(self, rows: int) -> int:
+        return -(-rows // self.batch_size)
+
+    def _split_outputs(self, params, task: str, encoded: EncodedSplit, buckets: np.ndarray, bar) -> np.ndarray:
         if encoded.mode == "bi":
             sentences = encoded.sentences()
-            batches = length_sorted_batches(sentences, buckets, self.batch_size)
+            batches = _ticking(length_sorted_batches(sentences, buckets, self.batch_size), bar)
             features = predict_split(self._features[self.config.pooling_of(task)], params, batches, len(sentences),
                                      self.mesh)
             batches = _feature_batches(features[: len(encoded)], features[len(encoded) :], self.batch_size)
         else:
             batches = length_sorted_batches(encoded, buckets, self.batch_size)
-        return predict_split(self._outputs[task], params, batches, len(encoded), self.mesh)
+        return predict_split(self._outputs[task], params, _ticking(batches, bar), len(encoded), self.mesh)
+
+
+def _ticking(batches: Iterable[dict], bar) -> Iterator[dict]:
+    """The batches, advancing `bar` by one as each is taken."""
+    for batch in batches:
+        bar.update(1)
+        yield batch
 
 
 def _feature_batches(u: np.ndarray, v: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -24,20 +24,21 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_flax import CheckpointError, Tokenizer, from_pretrained, save_pretrained
-from data import input_pipeline
+from data import input_pipeline, quiet_preparation
 from data.tasks import DataError
 from data.teachers import read_teacher
 
 from . import checkpointing
 from .config import TrainConfig
 from .distributed import is_main_process
+from .feedback import plain
 from .metrics import overall_score, task_metric, write_predictions
 from .model import MultitaskBert
 from .plots import plot_curves
 from .predictor import Predictor
 
 __all__ = ["RunError", "Run", "DEFAULT_CHECKPOINT", "enable_compilation_cache", "ensure_init_checkpoint",
-           "read_metrics", "best_params", "save_best", "finish_run", "load_run"]
+           "read_metrics", "best_params", "save_checkpoint", "save_best", "finish_run", "load_run"]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
 
@@ -77,10 +78,14 @@ def _placeholder_batch(rows: int) -> dict:
 
 
 class Run:
-    """What a run needs in hand: config, model, tokenized task data, the device mesh."""
+    """What a run needs in hand: config, model, tokenized task data, the device mesh. With `quiet` (or stderr not
+    a terminal: train/feedback.py), plain lines instead of progress bars, and TFDS silent while it prepares task
+    data."""
 
-    def __init__(self, config: TrainConfig, encoder_dir: Path, mesh: Mesh | None = None):
+    def __init__(self, config: TrainConfig, encoder_dir: Path, mesh: Mesh | None = None, quiet: bool = False):
         self.config = config
+        if plain(quiet):
+            quiet_preparation()
         self.mesh = mesh or input_pipeline.data_mesh()
         if config.batch_size % self.mesh.size or config.eval_batch_size % self.mesh.size:
             raise RunError(
@@ -100,7 +105,7 @@ class Run:
         self.model = MultitaskBert(bert.config, config, dtype=jnp.dtype(config.dtype),
                                    encoder_chunks=config.encoder_chunks)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.predictor = Predictor(self.model, config, self.mesh)
+        self.predictor = Predictor(self.model, config, self.mesh, quiet=quiet)
 
     @functools.cached_property
     def data(self) -> dict[str, input_pipeline.TaskData]:
@@ -111,7 +116,7 @@ class Run:
                 task: input_pipeline.TaskData(
                     cfg.spec(task),
                     mode=cfg.sequence_mode(task),
-                    batch_size=cfg.batch_size,
+                    batch_size=cfg.batch_size * cfg.grad_accumulation,  # split into micro-batches by the step
                     max_length=cfg.max_length,
                     num_buckets=cfg.num_buckets,
                     tokenizer=self.tokenizer,
@@ -124,6 +129,17 @@ class Run:
         except DataError as err:
             raise RunError(str(err)) from None
         return data
+
+    def length_warnings(self) -> list[str]:
+        """A warning for each task of which --max-length cuts more than 5% of the training sentences (of the
+        pairs, where they are encoded as one sequence)."""
+        lines = []
+        for task, data in self.data.items():
+            share = data.cut_share()
+            if share > 0.05:
+                what = "pairs" if data.mode == "cross" else "sentences"
+                lines.append(f"--max-length {self.config.max_length} cuts {share:.0%} of {task}'s training {what}")
+        return lines
 
     def stream(self) -> input_pipeline.MultiTaskStream:
         """The multi-task training stream (deterministic given the seed and epoch)."""
@@ -182,23 +198,28 @@ class Run:
         """The splits `task` declares (a task without a test file has none)."""
         return tuple(self.config.spec(task).files)
 
-    def predict(self, params, split: str) -> dict[str, np.ndarray]:
-        """Per task that has the split, predictions for every example of `split`, in file order."""
+    def predict(self, params, split: str, max_examples: int = 0, during: str = "") -> dict[str, np.ndarray]:
+        """Per task that has the split, predictions for every example of `split` in file order, or for the first
+        `max_examples`; the progress bars are named "`during` <split> <task>"."""
         preds = {}
         for task in self.config.tasks:
             if split in self.splits(task):
                 data = self.data[task]
-                swapped = data.split(split, swapped=True) if data.swap_pairs else None
-                preds[task] = self.predictor(params, task, data.split(split), data.buckets, swapped)
+                orders = [data.split(split)] + ([data.split(split, swapped=True)] if data.swap_pairs else [])
+                if max_examples:
+                    orders = [encoded.head(max_examples) for encoded in orders]
+                label = f"{during} {split} {task}".lstrip()
+                preds[task] = self.predictor(params, task, orders[0], data.buckets, *orders[1:], label=label)
         return preds
 
     def score(self, split: str, preds: dict[str, np.ndarray]) -> dict[str, float]:
-        """Metrics of `preds` for the tasks whose `split` has labels, and the overall score."""
+        """Metrics of `preds` for the tasks whose `split` has labels, and the overall score; a task's
+        predictions are those of the first examples of the split (all of them, or `predict`'s max_examples)."""
         metrics = {}
         for task, task_preds in preds.items():
             labels = self.data[task].split(split).labels
             if labels is not None:
-                metrics[task] = task_metric(self.config.spec(task), task_preds, np.asarray(labels))
+                metrics[task] = task_metric(self.config.spec(task), task_preds, np.asarray(labels[: len(task_preds)]))
         score = overall_score(metrics, {t: self.config.spec(t) for t in self.config.tasks})
         if score is not None:
             metrics["overall"] = score
@@ -241,10 +262,11 @@ def best_params(run_dir: Path, run: Run):
 def save_best(run_dir: Path, params, dev: dict) -> None:
     """Keeps `params` as the best checkpoint of a run made without training epochs (a soup, train/soup.py)."""
     _, best = checkpointing.managers(run_dir)
-    _save(best, 0, {"params": params}, {"epoch": 0, "dev": dev})
+    save_checkpoint(best, 0, {"params": params}, {"epoch": 0, "dev": dev})
 
 
-def _save(manager, step: int, tree, meta: dict) -> None:
+def save_checkpoint(manager, step: int, tree, meta: dict) -> None:
+    """Writes a checkpoint (train/checkpointing.py); a write that fails is a RunError naming the reason."""
     try:
         checkpointing.save(manager, step, tree, meta)
     except checkpointing.CheckpointWriteError as err:
@@ -252,27 +274,31 @@ def _save(manager, step: int, tree, meta: dict) -> None:
 
 
 def finish_run(run: Run, run_dir: Path, plot=plot_curves) -> dict:
-    """With the best parameters: writes test predictions (and dev ones if the best evaluation did not),
-    best_encoder/ and the figure that `plot` draws into the run directory (curves.png)."""
+    """With the best parameters: writes test predictions, and dev ones unless the best evaluation wrote them
+    (with --eval-max-examples it scored only part of dev and wrote none), best_encoder/ and the figure that `plot`
+    draws into the run directory (curves.png). Returns the best parameters' metrics on the whole dev set."""
     params, meta = best_params(run_dir, run)
     out_dir = run_dir / "predictions"
-    dev_written = all((out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
-    for split in ("test",) if dev_written else ("dev", "test"):
-        run.evaluate(params, split, out_dir)
+    dev_written = not run.config.eval_max_examples and all(
+        (out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
+    dev = meta["dev"] if dev_written else run.evaluate(params, "dev", out_dir)
+    run.evaluate(params, "test", out_dir)
     if is_main_process():
         save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
                         run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)
         plot(run_dir)
-    return meta["dev"]
+    return dev
 
 
-def load_run(run_dir: Path) -> tuple[Run, dict]:
-    """A finished run's Run object and best parameters (for evaluation and prediction)."""
+def load_run(run_dir: Path, quiet: bool = False) -> tuple[Run, dict]:
+    """A finished run's Run object (`quiet`: plain lines instead of progress bars) and best parameters (for
+    evaluation and prediction)."""
     enable_compilation_cache()
     if not (run_dir / "config.json").exists():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     config = TrainConfig.from_json(run_dir / "config.json")
     encoder_dir = run_dir / "best_encoder"
-    run = Run(config, encoder_dir if encoder_dir.is_dir() else ensure_init_checkpoint(config.init_checkpoint))
+    run = Run(config, encoder_dir if encoder_dir.is_dir() else ensure_init_checkpoint(config.init_checkpoint),
+              quiet=quiet)
     params, _ = best_params(run_dir, run)
     return run, params

@@ -62,14 +62,15 @@ def _best_dev(records: list[dict], select_by: str) -> dict:
     return max(records, key=lambda r: r["dev"].get(select_by, -np.inf))["dev"]
 
 
-def make_soup(run_dirs: list[Path], run_dir: Path) -> dict:
+def make_soup(run_dirs: list[Path], run_dir: Path, quiet: bool = False) -> dict:
     """Averages the best parameters of finished runs of one model into a new run directory (see the module
-    docstring) and returns the soup's dev metrics."""
+    docstring) and returns the soup's dev metrics; a progress bar per task and split predicted, or with `quiet` a
+    line for each."""
     if len(run_dirs) < 2:
         raise RunError("a soup needs two runs or more")
     if (run_dir / "config.json").exists() and not (run_dir / UNFINISHED).exists():
         raise RunError(f"{run_dir} holds a run already: choose another --run-dir")
-    loaded = [load_run(d) for d in run_dirs]  # a RunError names a directory with no config or no best checkpoint
+    loaded = [load_run(d, quiet) for d in run_dirs]  # a RunError names a directory with no config or no best checkpoint
     _check_one_model(run_dirs, [run.config for run, _ in loaded])
     run = loaded[0][0]
     params = input_pipeline.place(average_params([p for _, p in loaded]), run.replicated)
@@ -96,9 +97,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True, help="the soup's run directory (new)")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs of one model")
+    parser.add_argument("--quiet", action="store_true",
+                        help="plain log lines instead of progress bars (as whenever stderr is not a terminal)")
     args = parser.parse_args(argv)
     try:
-        dev = make_soup([Path(d) for d in args.runs], Path(args.run_dir))
+        dev = make_soup([Path(d) for d in args.runs], Path(args.run_dir), args.quiet)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -5,6 +5,12 @@ batch shape of its own task, so bucketed lengths of different tasks do not multi
 a compile per combination), then `update(state, task_grads, key)`, which combines the
 gradient pytrees by sum or PCGrad and applies the AdamW chain. Dispatch is asynchronous:
 gradients stay on the devices and nothing returns to the host between the calls.
+
+With --grad-accumulation N, the stream's batches are N x B rows (B = --batch-size): the very batches of
+--batch-size N x B, so the run has the same steps, data order, padded lengths and resume positions as that run.
+Each task's gradient function splits its batch into N micro-batches of B rows and accumulates their gradients
+on the devices (`micro_batches`), in the memory of one micro-batch; the update then combines and applies them
+once. (Taking N consecutive stream batches instead would change the step count and the data order.)
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from .optim import (adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params
                     warmup_schedule, with_clipping)
 from .pcgrad import pcgrad
 
-__all__ = ["TrainState", "learning_rate", "make_optimizer", "make_grad_fns", "make_update", "train_step", "is_shared_param",
-           "evaluated_params"]
+__all__ = ["TrainState", "learning_rate", "make_optimizer", "make_grad_fns", "micro_batches", "make_update",
+           "train_step", "is_shared_param", "evaluated_params"]
 
 # Parameters used by more than one task; everything else is one task's head.
 SHARED_MODULES = ("bert", "pair_shared")
@@ -81,7 +87,11 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 
     With --rdrop a batch of a task with class logits runs twice in one call (its rows repeated, so each copy
     draws its own dropout mask) and the objective is R-Drop's. With a --teacher for the task, the objective is
     `gold_share` (of the 0-based update `step`, of `total_steps`) times that, plus the rest times the
-    `distillation_loss` to the teacher's targets, which the batch carries: no teacher runs during a step."""
+    `distillation_loss` to the teacher's targets, which the batch carries: no teacher runs during a step.
+
+    With --grad-accumulation N, the batch holds N micro-batches (`micro_batches`); micro-batch k draws its
+    dropout from fold_in(dropout_rng, k). The loss and gradient are those of the mean over the batch's real rows:
+    each micro-batch's mean weighted by its share of the real rows (padding rows have weight 0)."""
 
     def task_grad(params, batch, rng, step=0, *, task):
         rdrop = config.rdrop > 0 and config.spec(task).has_class_logits
@@ -103,7 +113,38 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, grads
 
-    return {task: jax.jit(functools.partial(task_grad, task=task)) for task in config.tasks}
+    def accumulated_grad(params, batch, rng, step=0, *, task):
+        def add(totals, k_and_micro):
+            k, micro = k_and_micro
+            loss, grads = task_grad(params, micro, jax.random.fold_in(rng, k), step, task=task)
+            rows = micro["weights"].sum()
+            return jax.tree_util.tree_map(lambda total, x: total + rows * x.astype(total.dtype), totals,
+                                          (loss, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+        n = config.grad_accumulation
+        totals, _ = jax.lax.scan(add, zeros, (jnp.arange(n), micro_batches(batch, n)))
+        rows = jnp.maximum(batch["weights"].sum(), 1.0)  # a batch of padding only: loss and gradients 0
+        return jax.tree_util.tree_map(lambda total: total / rows, totals)
+
+    grad = task_grad if config.grad_accumulation == 1 else accumulated_grad
+    return {task: jax.jit(functools.partial(grad, task=task)) for task in config.tasks}
+
+
+def micro_batches(batch: dict, n: int) -> dict:
+    """A batch of n x B rows as n micro-batches of B rows, stacked on a new leading axis: micro-batch k holds
+    the rows k, k + n, k + 2n, ... A device holds a block of whole groups of n rows (B divides by the device
+    count), so every micro-batch spreads over the devices as the batch does and no row moves. The token arrays
+    of bi-encoded pairs (2 x n x B rows: sentences a, then b) are split alike in each half."""
+    rows = batch["weights"].shape[0]
+
+    def split(x):
+        if x.shape[0] == rows:
+            return jnp.moveaxis(x.reshape(rows // n, n, *x.shape[1:]), 1, 0)
+        halves = jnp.moveaxis(x.reshape(2, rows // n, n, *x.shape[1:]), 2, 0)
+        return halves.reshape(n, 2 * rows // n, *x.shape[1:])
+
+    return jax.tree_util.tree_map(split, batch)
 
 
 def make_update(config: TrainConfig, tx: optax.GradientTransformation) -> Callable:

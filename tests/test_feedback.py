@@ -1,0 +1,64 @@
+"""What a new user sees before training starts: the preparation of task data silent with --quiet, and a warning
+when --max-length cuts many training sentences."""
+
+import tempfile
+
+import numpy as np
+import pytest
+
+from data import tfds_builders
+from data.tasks import read_rows
+from train import main
+from train.config import TrainConfig
+from train.run import Run
+
+
+def test_quiet_preparation_prints_nothing_and_leaves_no_temporary_folder(small_data, tmp_path, monkeypatch, capfd):
+    """Preparing a task's data into a fresh folder: without quiet_preparation TFDS prints "Downloading and
+    preparing dataset Unknown size ..." (nothing is downloaded); with it, nothing. Neither leaves an empty
+    tmp*tfds folder in the system temporary directory (TFDS's look-up of a public dataset's metadata did)."""
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    monkeypatch.setattr(tfds_builders, "_quiet", False)
+    tfds_builders.get_builder("sts", tmp_path / "loud", source_dir=small_data)
+    assert "Downloading and preparing dataset" in capfd.readouterr().out
+    tfds_builders.quiet_preparation()
+    tfds_builders.get_builder("sts", tmp_path / "quiet", source_dir=small_data)
+    out, err = capfd.readouterr()
+    assert "Downloading and preparing" not in out and "downloaded and prepared" not in out
+    assert "Generating" not in err and "Shuffling" not in err
+    assert not list(system_temp.iterdir())
+
+
+def untruncated_share(run: Run, task: str, max_length: int) -> float:
+    """The share of the task's training sequences longer than max_length, from the project tokenizer without
+    truncation: the sentences, or for a cross-encoded pair task the pairs."""
+    spec = run.config.spec(task)
+    columns = read_rows(spec.files["train"], spec, labeled=True).sentences
+    pairs = spec.is_pair and run.config.sequence_mode(task) == "cross"
+    encoded = [run.tokenizer.encode(*columns, max_length=10**6)[0]] if pairs else \
+        [run.tokenizer.encode(texts, max_length=10**6)[0] for texts in columns]
+    return float(np.mean([len(ids) > max_length for sequences in encoded for ids in sequences]))
+
+
+def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, small_data, tmp_path, capsys):
+    config = TrainConfig(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), max_length=16,
+                         pair_encoding="bi,sts=cross")
+    run = Run(config, tiny_encoder)
+    shares = {task: untruncated_share(run, task, 16) for task in config.tasks}
+    assert all(share > 0.05 for share in shares.values()) and shares["sst"] < 1
+    assert run.length_warnings() == [f"--max-length 16 cuts {shares['sst']:.0%} of sst's training sentences",
+                                     f"--max-length 16 cuts {shares['para']:.0%} of para's training sentences",
+                                     f"--max-length 16 cuts {shares['sts']:.0%} of sts's training pairs"]
+    assert [data.cut_share() for data in run.data.values()] == pytest.approx(list(shares.values()))
+    # A max length that cuts 5% or less: no warning.
+    roomy = Run(TrainConfig(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), max_length=128,
+                            tasks=("sst",)), tiny_encoder)
+    assert untruncated_share(roomy, "sst", 128) <= 0.05 and roomy.length_warnings() == []
+    # The training command says it, in one line on stderr, before it trains.
+    argv = ["--tasks", "sst", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--max-length",
+            "16", "--epochs", "1", "--samples-per-task", "8", "--batch-size", "8", "--num-buckets", "1",
+            "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert main.main(argv) == 0
+    assert f"warning: --max-length 16 cuts {shares['sst']:.0%} of sst's training sentences\n" in capsys.readouterr().err
