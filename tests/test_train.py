@@ -928,3 +928,13 @@ def test_evaluation_shows_a_progress_bar_per_task_and_split_or_plain_lines(finis
         assert [line.split(":")[0] for line in plain_lines] == [f"{split} {task}" for split in ("dev", "test")
                                                                 for task in ("sst", "para", "sts")]
         assert "100%" not in err and "\x1b" not in err
+
+
+def test_a_checkpoint_from_before_evaluations_within_epochs_counts_one_per_finished_epoch():
+    """Resuming a run whose latest checkpoint has no `evaluations` keeps its metrics.jsonl lines, one per epoch."""
+    from train.progress import Progress
+
+    saved = dataclasses.asdict(Progress(epoch=2, next_step=1, global_step=7))
+    del saved["evaluations"]
+    assert Progress.restored(saved) == Progress(epoch=2, next_step=1, global_step=7, evaluations=2)
+    assert Progress.restored({**saved, "evaluations": 5}).evaluations == 5
