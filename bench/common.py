@@ -166,7 +166,8 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     """
     import dataclasses
 
-    from train.config import PRESETS, TrainConfig
+    from train.cli import PRESETS
+    from train.config import TrainConfig
     from train.run import Run, ensure_init_checkpoint
 
     values = dict(PRESETS[preset]) if preset else {}
