@@ -2,6 +2,7 @@
 when --max-length cuts many training sentences."""
 
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,35 @@ def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, smal
             "--run-dir", str(tmp_path / "run"), "--quiet"]
     assert main.main(argv) == 0
     assert f"warning: --max-length 16 cuts {shares['sst']:.0%} of sst's training sentences\n" in capsys.readouterr().err
+
+
+def _argv(tiny_encoder, small_data, *extra) -> list[str]:
+    return ["--tasks", "sts", "--epochs", "1", "--samples-per-task", "8", "--batch-size", "8", "--max-length", "32",
+            "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "bad data dir", "run dir under a file"])
+def test_a_failed_start_is_one_line_and_leaves_no_run_directory(tiny_encoder, small_data, tmp_path, capsys, case):
+    """The corrected command then just works: nothing was created that it would refuse."""
+    run_dir = {"run dir under a file": tmp_path / "README.md" / "run"}.get(case, tmp_path / "run")
+    (tmp_path / "README.md").write_text("a file")
+    extra = {"missing checkpoint": ["--init-checkpoint", str(tmp_path / "nope")],
+             "bad data dir": ["--data-dir", str(tmp_path / "empty")]}.get(case, [])
+    assert main.main(_argv(tiny_encoder, small_data, *extra, "--run-dir", str(run_dir))) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    if case != "run dir under a file":
+        assert main.main(_argv(tiny_encoder, small_data, "--run-dir", str(run_dir))) == 0
+
+
+def test_a_hugging_face_directory_is_an_init_checkpoint(minilm_torch_dir, tmp_path, monkeypatch, capsys):
+    """--init-checkpoint takes a Hugging Face BERT directory: converted once (into .cache/converted), then reused."""
+    from train.run import ensure_init_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    converted = ensure_init_checkpoint(str(minilm_torch_dir))
+    assert (converted / "params").is_dir() and converted.parent == Path(".cache/converted")
+    assert "converted" in capsys.readouterr().out
+    assert ensure_init_checkpoint(str(minilm_torch_dir)) == converted and not capsys.readouterr().out
