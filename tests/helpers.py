@@ -37,3 +37,19 @@ def devices_env(count: int) -> dict[str, str]:
     conftest.py sets."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
     return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(REPO)}
+
+
+class InterruptAfter:
+    """Stands in for the training loop's SIGINT flag (patched in as train.loop._InterruptFlag): raised once `steps` checks have
+    been made."""
+
+    def __init__(self, steps):
+        self.remaining = steps
+
+    @property
+    def raised(self):
+        self.remaining -= 1
+        return self.remaining < 0
+
+    def restore(self):
+        pass

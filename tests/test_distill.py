@@ -12,6 +12,7 @@ import pytest
 
 from data.tasks import DataError
 from data.teachers import read_teacher, write_teacher
+from tests.helpers import InterruptAfter
 from train import loop, main, teach
 from train.config import TrainConfig
 from train.losses import distillation_loss, gold_share
@@ -141,26 +142,13 @@ def test_teacher_files_that_do_not_fit_are_refused_by_name(teacher_run, tmp_path
     assert not (tmp_path / "R").exists()  # a failed start leaves nothing behind
 
 
-class _InterruptAfter:
-    def __init__(self, steps):
-        self.remaining = steps
-
-    @property
-    def raised(self):
-        self.remaining -= 1
-        return self.remaining < 0
-
-    def restore(self):
-        pass
-
-
 def test_a_killed_student_resumes_to_the_same_numbers(teacher_run, tiny_encoder, small_data, tmp_path, monkeypatch):
     for task in ("sst", "sts"):
         teach.make_teacher(task, [teacher_run], tmp_path / f"{task}.npz")
     student = tiny(tiny_encoder, small_data, tasks=("sst", "sts"), teacher_annealing=True, pcgrad=True, ema=0.5,
                    teachers=f"sst={tmp_path / 'sst.npz'},sts={tmp_path / 'sts.npz'}")
     loop.train(student, tmp_path / "whole", quiet=True)
-    monkeypatch.setattr(loop, "_InterruptFlag", lambda: _InterruptAfter(steps=4))
+    monkeypatch.setattr(loop, "_InterruptFlag", lambda: InterruptAfter(steps=4))
     assert loop.train(student, tmp_path / "killed", quiet=True) == {}
     monkeypatch.undo()
     assert main.main(["--resume", str(tmp_path / "killed"), "--quiet"]) == 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL_ROWS
-from tests.helpers import DATA_DIR, REPO, devices_env
+from tests.helpers import DATA_DIR, InterruptAfter, REPO, devices_env
 from train import cli as train_config
 from data.tasks import registry
 from train import epochs, evaluate, loop, main, metrics, predict
@@ -512,26 +512,11 @@ def test_evaluate_cli_rewrites_predictions(finished_run, capsys):
     assert target.read_text() == original
 
 
-class _InterruptAfter:
-    """Stands in for the SIGINT flag: raised once `steps` steps have been checked."""
-
-    def __init__(self, steps):
-        self.remaining = steps
-
-    @property
-    def raised(self):
-        self.remaining -= 1
-        return self.remaining < 0
-
-    def restore(self):
-        pass
-
-
 def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tiny_encoder, small_data, tmp_path, monkeypatch,
                                                      capsys):
     saved = TrainConfig.from_json(finished_run / "config.json")
     run_dir = tmp_path / "resumed"
-    monkeypatch.setattr(loop, "_InterruptFlag", lambda: _InterruptAfter(steps=5))
+    monkeypatch.setattr(loop, "_InterruptFlag", lambda: InterruptAfter(steps=5))
     assert loop.train(saved, run_dir, quiet=True) == {}
     assert "interrupted: checkpoint saved" in capsys.readouterr().out
     monkeypatch.undo()
