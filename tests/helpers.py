@@ -53,3 +53,12 @@ class InterruptAfter:
 
     def restore(self):
         pass
+
+
+def tiny_config(tiny_encoder, small_data, **overrides):
+    """A TrainConfig for quick runs on the tiny encoder and the small data copy (tests/conftest.py)."""
+    from train.config import TrainConfig
+
+    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
+                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
+    return TrainConfig(**{**values, **overrides})

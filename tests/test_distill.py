@@ -12,18 +12,11 @@ import pytest
 
 from data.tasks import DataError
 from data.teachers import read_teacher, write_teacher
-from tests.helpers import InterruptAfter
+from tests.helpers import InterruptAfter, tiny_config
 from train import loop, main, teach
-from train.config import TrainConfig
 from train.losses import distillation_loss, gold_share
 from train.run import Run, load_run
 from train.step import make_grad_fns
-
-
-def tiny(tiny_encoder, small_data, **overrides) -> TrainConfig:
-    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
-                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
-    return TrainConfig(**{**values, **overrides})
 
 
 def _log_softmax(x):
@@ -33,7 +26,7 @@ def _log_softmax(x):
 
 @pytest.mark.parametrize("regression_target", ["scaled", "binary"])
 def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, regression_target):
-    config = tiny(tiny_encoder, small_data, tasks=("sst", "para", "sts"), regression_target=regression_target)
+    config = tiny_config(tiny_encoder, small_data, tasks=("sst", "para", "sts"), regression_target=regression_target)
     rng = np.random.default_rng(0)
     weights = np.array([1, 1, 0, 1, 1, 0], np.float32)
     # sst: cross-entropy to the teacher's distribution over the real rows.
@@ -62,20 +55,20 @@ def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, 
 
 
 def test_teacher_annealing_gold_share_is_exact_at_every_step(tiny_encoder, small_data):
-    annealed = tiny(tiny_encoder, small_data, teacher_annealing=True)
+    annealed = tiny_config(tiny_encoder, small_data, teacher_annealing=True)
     total = 7
     for step in range(total):
         assert float(gold_share(annealed, jnp.asarray(step), total)) == pytest.approx(step / (total - 1), abs=1e-7)
     assert float(gold_share(annealed, jnp.asarray(0), total)) == 0.0
     assert float(gold_share(annealed, jnp.asarray(total - 1), total)) == 1.0
-    fixed = tiny(tiny_encoder, small_data, teacher_weight=0.3)
+    fixed = tiny_config(tiny_encoder, small_data, teacher_weight=0.3)
     assert float(gold_share(fixed, jnp.asarray(5), total)) == pytest.approx(0.7)
 
 
 def test_objective_mixes_gold_and_distillation_by_the_share(tiny_encoder, small_data):
     """The gradient with teacher weight w is (1 - w) times the gold-only gradient plus w times the
     distillation-only one (same batch and dropout), and the logged loss stays the gold loss."""
-    base = tiny(tiny_encoder, small_data, tasks=("sst",))
+    base = tiny_config(tiny_encoder, small_data, tasks=("sst",))
     run = Run(base, tiny_encoder)
     params = run.init_params()
     batch = next(run.train_steps(0))[0]["sst"]
@@ -99,7 +92,7 @@ def test_objective_mixes_gold_and_distillation_by_the_share(tiny_encoder, small_
 def teacher_run(tiny_encoder, small_data, tmp_path_factory):
     """A finished sst+sts run to teach from."""
     run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    loop.train(tiny(tiny_encoder, small_data, tasks=("sst", "sts"), epochs=1), run_dir, quiet=True)
+    loop.train(tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"), epochs=1), run_dir, quiet=True)
     return run_dir
 
 
@@ -145,7 +138,7 @@ def test_teacher_files_that_do_not_fit_are_refused_by_name(teacher_run, tmp_path
 def test_a_killed_student_resumes_to_the_same_numbers(teacher_run, tiny_encoder, small_data, tmp_path, monkeypatch):
     for task in ("sst", "sts"):
         teach.make_teacher(task, [teacher_run], tmp_path / f"{task}.npz")
-    student = tiny(tiny_encoder, small_data, tasks=("sst", "sts"), teacher_annealing=True, pcgrad=True, ema=0.5,
+    student = tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"), teacher_annealing=True, pcgrad=True, ema=0.5,
                    teachers=f"sst={tmp_path / 'sst.npz'},sts={tmp_path / 'sts.npz'}")
     loop.train(student, tmp_path / "whole", quiet=True)
     monkeypatch.setattr(loop, "_InterruptFlag", lambda: InterruptAfter(steps=4))

@@ -13,8 +13,8 @@ import pytest
 from data.input_pipeline import length_sorted_batches
 from data.tasks import DataError, load_task_file, registry
 from train import evaluate, loop, main, predict
-from train.config import TrainConfig
-from train.run import Run
+from tests.helpers import tiny_config
+from train.run import Run, read_metrics
 from train.step import make_grad_fns
 
 RECORDED = Path(__file__).parent / "data" / "runs_before_the_task_registry.json"
@@ -27,24 +27,14 @@ CASES = {
 }
 
 
-def tiny(tiny_encoder, data_dir, **overrides) -> TrainConfig:
-    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(data_dir), epochs=2, samples_per_task=24,
-                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
-    return TrainConfig(**{**values, **overrides})
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_builtin_tasks_give_the_numbers_recorded_before_the_registry(tiny_encoder, small_data, tmp_path, case):
     """Losses, dev metrics and test predictions of tiny runs equal those the code gave when the four tasks were
     spelled out in code (tests/data/runs_before_the_task_registry.json). Runs with para are not among them: its
     training stream is now keyed by its one name, para, where it was keyed by quora."""
     recorded = json.loads(RECORDED.read_text())[case]
-    loop.train(tiny(tiny_encoder, small_data, **CASES[case]), tmp_path / "run", quiet=True)
-    got = metrics(tmp_path / "run")
+    loop.train(tiny_config(tiny_encoder, small_data, **CASES[case]), tmp_path / "run", quiet=True)
+    got = read_metrics(tmp_path / "run")
     assert [r["loss"] for r in got] == [r["loss"] for r in recorded["epochs"]]  # bitwise
     # Pearson's r is np.corrcoef now: the same value up to float64 rounding.
     assert [r["dev"] for r in got] == [pytest.approx(r["dev"], rel=1e-13, abs=1e-15) for r in recorded["epochs"]]
@@ -86,8 +76,8 @@ def test_a_declared_copy_of_sts_gives_the_losses_of_the_builtin_sts(tiny_encoder
     by the task's name, so whole runs of the two draw other batches."""
     toml = declared_sts_copy(small_data, tmp_path / "mine")
     common = dict(epochs=1, regression_head=head, regression_target="scaled")
-    builtin = Run(tiny(tiny_encoder, small_data, tasks=("sts",), **common), tiny_encoder)
-    declared = Run(tiny(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), **common), tiny_encoder)
+    builtin = Run(tiny_config(tiny_encoder, small_data, tasks=("sts",), **common), tiny_encoder)
+    declared = Run(tiny_config(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), **common), tiny_encoder)
     params = jax.device_get(builtin.init_params())
     copied = {("mysts_regressor" if k == "sts_regressor" else k): v for k, v in params.items()}
     np.testing.assert_array_equal(declared.data["mysts"].train.input_ids, builtin.data["sts"].train.input_ids)
@@ -108,9 +98,9 @@ def test_a_declared_copy_of_sts_gives_the_losses_of_the_builtin_sts(tiny_encoder
 def test_a_declared_task_trains_evaluates_and_predicts(tiny_encoder, small_data, tmp_path, capsys):
     toml = declared_sts_copy(small_data, tmp_path / "mine")
     run_dir = tmp_path / "run"
-    loop.train(tiny(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), epochs=1), run_dir,
+    loop.train(tiny_config(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), epochs=1), run_dir,
                quiet=True)
-    (record,) = metrics(run_dir)
+    (record,) = read_metrics(run_dir)
     assert set(record["loss"]) == {"mysts"} and set(record["dev"]) == {"mysts", "overall"}
     assert record["dev"]["overall"] == pytest.approx((record["dev"]["mysts"] + 1) / 2)
     lines = (run_dir / "predictions" / "mysts-test-output.csv").read_text().splitlines()
@@ -131,7 +121,7 @@ def test_the_done_when_command_of_the_task_file_issue(tiny_encoder, small_data, 
     assert (run_dir / "predictions" / "mysts-test-output.csv").exists()
     assert (run_dir / "predictions" / "sst-test-output.csv").exists()
     assert list(run_dir.glob("events.out.tfevents.*"))
-    (record,) = metrics(run_dir)
+    (record,) = read_metrics(run_dir)
     assert set(record["dev"]) == {"sst", "mysts", "overall"}
     assert record["dev"]["overall"] == pytest.approx(record["dev"]["sst"])  # mysts is reported beside it
 

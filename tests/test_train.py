@@ -14,22 +14,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL_ROWS
-from tests.helpers import DATA_DIR, InterruptAfter, REPO, devices_env
+from tests.helpers import DATA_DIR, InterruptAfter, REPO, devices_env, tiny_config
 from train import cli as train_config
 from data.tasks import registry
 from train import epochs, evaluate, loop, main, metrics, predict
 from train.evaluate import evaluate_run
-from train.run import Run, RunError, load_run
+from train.run import Run, RunError, load_run, read_metrics
 from train.step import make_update
 from data.input_pipeline import shard_batch
 from train.cli import PRESETS
 from train.config import TrainConfig
-
-def tiny_config(tiny_encoder, small_data, **overrides) -> TrainConfig:
-    values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
-                  batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
-    return TrainConfig(**{**values, **overrides})
-
 
 def test_presets_expand_to_the_reference_rows():
     config, _ = train_config.parse_args(["--preset", "cosfeat-pcgrad-mean"])
@@ -389,10 +383,6 @@ def test_sentence_level_predictions_match_the_pair_batches(tiny_encoder, small_d
         got = run.predictor(params, task, encoded, data.buckets)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 UPDATES = []  # the jitted update that finished_run trained with
