@@ -364,8 +364,7 @@ def read_rows(path: str | Path, spec: TaskSpec | str, *, labeled: bool | None = 
     if not lines:
         raise DataError(f"{path}: empty file")
     header, records = _header_and_records(lines, spec, path)
-    wanted = {"id": spec.id_column, "text": spec.text_columns[0], "text_pair": spec.text_columns[1:] and
-              spec.text_columns[1] or None, "label": spec.label_column}
+    wanted = {"id": spec.id_column, **dict(zip(("text", "text_pair"), spec.text_columns)), "label": spec.label_column}
     if header is not None:
         missing = [(key, column) for key, column in wanted.items() if column is not None and column not in header]
         if labeled is not True and missing == [("label", spec.label_column)]:
