@@ -164,6 +164,11 @@ ROWS = {
     # Whether PCGrad still matters once every task learns from a teacher: the recipe's default seed, summed.
     "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal-nopcgrad": (
         [*DISTILLED["distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"], "--no-pcgrad"], {}),
+    # The recipe computed in bfloat16 (parameters and AdamW state stay float32), three seeds: the quality check
+    # of bfloat16 against the float32 rows of the same budget.
+    **{f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal-bf16{suffix}": (
+        [*DISTILLED[f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal{suffix}"], "--dtype", "bfloat16"], {})
+       for suffix in SEEDS},
 }
 # Soup row -> its ingredient rows of the same budget: one model, the mean of their best parameters (train/soup.py).
 SOUPS = {
