@@ -62,7 +62,9 @@ def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, smal
             "16", "--epochs", "1", "--samples-per-task", "8", "--batch-size", "8", "--num-buckets", "1",
             "--run-dir", str(tmp_path / "run"), "--quiet"]
     assert main.main(argv) == 0
-    assert f"warning: --max-length 16 cuts {shares['sst']:.0%} of sst's training sentences\n" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"warning: --max-length 16 cuts {shares['sst']:.0%} of sst's training sentences\n" in err
+    assert "computing in float32 (--dtype); parameters and optimizer state in float32\n" in out  # and its dtype
 
 
 def _argv(tiny_encoder, small_data, *extra) -> list[str]:

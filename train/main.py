@@ -75,6 +75,7 @@ def main(argv=None) -> int:
             run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}")
         if distributed.is_main_process():
             print(f"run directory: {run_dir}")
+            print(f"computing in {config.dtype} (--dtype); parameters and optimizer state in float32")
         metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
