@@ -27,10 +27,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent
 REPO = RESULTS.parent
@@ -82,7 +84,8 @@ TEACHER_FLAGS = [flag for task in TEACHERS for flag in ("--teacher", f"{task}=re
 # The distillation recipe, fixed before its seeds ran: the best setup with R-Drop 1 (no CFIMDB start, which costs
 # a 52-minute row first), every task taught by its single-task teacher (SST by three seeds' mean), the gold share
 # annealed from 0 to 1 (Clark et al. 2019); with the default seed and seeds 2 and 3.
-DISTILLED = {f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal{suffix}":
+RECIPE = "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"
+DISTILLED = {f"{RECIPE}{suffix}":
              [*BEST_SETUP, "--rdrop", "1", *TEACHER_FLAGS, "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
@@ -162,13 +165,10 @@ ROWS = {
     "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
     **{name: (flags, {}) for name, flags in DISTILLED.items()},
     # Whether PCGrad still matters once every task learns from a teacher: the recipe's default seed, summed.
-    "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal-nopcgrad": (
-        [*DISTILLED["distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"], "--no-pcgrad"], {}),
+    f"{RECIPE}-nopcgrad": ([*DISTILLED[RECIPE], "--no-pcgrad"], {}),
     # The recipe computed in bfloat16 (parameters and AdamW state stay float32), three seeds: the quality check
     # of bfloat16 against the float32 rows of the same budget.
-    **{f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal-bf16{suffix}": (
-        [*DISTILLED[f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal{suffix}"], "--dtype", "bfloat16"], {})
-       for suffix in SEEDS},
+    **{f"{RECIPE}-bf16{suffix}": ([*DISTILLED[f"{RECIPE}{suffix}"], "--dtype", "bfloat16"], {}) for suffix in SEEDS},
 }
 # Soup row -> its ingredient rows of the same budget: one model, the mean of their best parameters (train/soup.py).
 SOUPS = {
@@ -176,6 +176,18 @@ SOUPS = {
     "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                     for suffix in SEEDS],
 }
+# Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
+# range and standard error at every budget where all its rows finished. "separate single-task models" is the
+# teachers: three models, each task scored by its own (SST by the mean of its three seeds' scores).
+SETUPS = {
+    "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
+    "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
+    "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
+                                                            for suffix in SEEDS],
+    "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
+                                                   for suffix in SEEDS],
+}
+SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
 ENCODER_FROM = {name: ("cfimdb-finetune", 3, 10000) for name in CFIMDB_STARTED}
@@ -186,7 +198,7 @@ SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 # became it: kept for every row, so that rows stay comparable and their commands reproduce them.
 ROW_POOL = ["--pool-batches", "64"]
 # The row whose test predictions go to results/best/, named before it ran; and the row they came from before it.
-BEST_ROW = "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"
+BEST_ROW = RECIPE
 PREVIOUS_BEST = "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1-seed3 at 5x10000"
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
 
@@ -342,6 +354,38 @@ def extra_flags(info: dict, name: str) -> list[str]:
     return argv[start:next((i for i in range(start, len(argv)) if argv[i] == own[0]), start)]
 
 
+def _spread(values: list[float]) -> str:
+    """mean [min-max] +- standard error (of the mean, from the sample standard deviation)."""
+    error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{np.mean(values):.3f} [{min(values):.3f}-{max(values):.3f}] ±{error:.3f}"
+
+
+def setup_table(scores: dict, finished: dict) -> list[str]:
+    """The SETUPS table: per budget, each setup whose rows all finished there (mean, range and standard error of
+    the best-epoch dev scores), and the separate single-task models where their rows finished."""
+    table = []
+    for tag in budgets():
+        for setup, names in SETUPS.items():
+            if all(finished.get((tag, name)) for name in names):
+                cells = [_spread([scores[tag, name][metric] for name in names])
+                         for metric in ("sst", "para", "sts", "overall")]
+                table.append(f"| {tag} | {setup} | {len(names)} | {' | '.join(cells)} |")
+        if all(finished.get((tag, name)) for names in SEPARATE.values() for name in names):
+            task_scores = {task: [scores[tag, name][task] for name in names] for task, names in SEPARATE.items()}
+            means = {task: float(np.mean(values)) for task, values in task_scores.items()}
+            overall = (means["sst"] + means["para"] + (means["sts"] + 1) / 2) / 3
+            cells = [_spread(task_scores[task]) if len(task_scores[task]) > 1 else f"{means[task]:.3f}"
+                     for task in ("sst", "para", "sts")]
+            table.append(f"| {tag} | separate single-task models (the teachers) | "
+                         f"{'/'.join(str(len(n)) for n in SEPARATE.values())} | {' | '.join(cells)} | {overall:.3f} |")
+    if not table:
+        return []
+    return ["", "## Setups: mean [range] ± standard error over seeds", "",
+            "Each setup was fixed before its seeds ran; rows of the budget tables above. Dev split.", "",
+            "| budget | setup | seeds | sentiment | paraphrase | STS corr | overall |", "|---|---|---|---|---|---|---|",
+            *table]
+
+
 def summarize() -> None:
     """Writes results/README.md (a table per budget), rows.png, best/ and per-row copies in results/<budget>/<row>/."""
     import matplotlib
@@ -404,6 +448,7 @@ def summarize() -> None:
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
                       "| device | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|", *table]
+    lines += setup_table(scores, finished)
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
     chosen = [key for key in scores if key[1] == BEST_ROW and finished[key]]
