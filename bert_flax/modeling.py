@@ -42,50 +42,64 @@ def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
 
 
 @jax.custom_vjp
-def _low_precision_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x (n, in) @ kernel (in, out) for 16-bit operands, with float32 accumulation and output."""
-    return _matmul(x, kernel, (1, 0))
+def _low_precision_dense_on_cpu(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x (n, in) @ kernel (in, out) + bias for a 16-bit x and float32 parameters: the kernel rounded to x's dtype,
+    the product accumulated in float32, the bias added in float32, one rounding of the sum to x's dtype."""
+    return (_matmul(x, kernel.astype(x.dtype), (1, 0)) + bias).astype(x.dtype)
 
 
-def _low_precision_matmul_fwd(x, kernel):
-    return _matmul(x, kernel, (1, 0)), (x, kernel)
+def _low_precision_dense_on_cpu_fwd(x, kernel, bias):
+    low_kernel = kernel.astype(x.dtype)
+    return (_matmul(x, low_kernel, (1, 0)) + bias).astype(x.dtype), (x, low_kernel)
 
 
-def _low_precision_matmul_bwd(residuals, grad):
-    x, kernel = residuals
+def _low_precision_dense_on_cpu_bwd(residuals, grad):
+    """Each gradient a product in the forms XLA:CPU runs fast in 16 bits: the weight gradient from a physical
+    transpose of x, and the bias gradient as ones @ grad (XLA:CPU sums the columns of a 16-bit matrix as a slow
+    reduction: 11% of a bfloat16 encoder gradient). Parameter gradients are float32 and never rounded to 16 bits."""
+    x, low_kernel = residuals
     grad = grad.astype(x.dtype)
-    grad_x = _matmul(grad, kernel, (1, 1))
+    grad_x = _matmul(grad, low_kernel, (1, 1)).astype(x.dtype)
     grad_kernel = _matmul(_physical_transpose(x), grad, (1, 0))
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+    grad_bias = _matmul(jnp.ones((1, x.shape[0]), x.dtype), grad, (1, 0))[0]
+    return grad_x, grad_kernel, grad_bias
 
 
-_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+_low_precision_dense_on_cpu.defvjp(_low_precision_dense_on_cpu_fwd, _low_precision_dense_on_cpu_bwd)
 
 
-def _low_precision_dense_product(inputs, kernel, dimension_numbers, precision=None, preferred_element_type=None):
-    """nn.Dense's product for bfloat16/float16 computation. On CPU: float32 accumulation, output in the input
-    dtype, and the weight gradient in the form XLA:CPU runs fast (nn.Dense always contracts the inputs' last
-    axis with the kernel's first). Elsewhere the plain product, which GPU libraries run well already."""
+def _low_precision_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x (..., in) @ kernel + bias in x's 16-bit dtype, with float32 kernel and bias. On CPU the custom product
+    above; elsewhere what nn.Dense computes (parameters rounded to x's dtype), which GPU libraries run well."""
 
-    def on_cpu(inputs, kernel):
-        product = _low_precision_matmul(inputs.reshape(-1, inputs.shape[-1]), kernel)
-        return product.astype(inputs.dtype).reshape(*inputs.shape[:-1], kernel.shape[-1])
+    def on_cpu(x, kernel, bias):
+        out = _low_precision_dense_on_cpu(x.reshape(-1, x.shape[-1]), kernel, bias)
+        return out.reshape(*x.shape[:-1], kernel.shape[-1])
 
-    def elsewhere(inputs, kernel):
-        return jax.lax.dot_general(inputs, kernel, dimension_numbers, precision, preferred_element_type)
+    def elsewhere(x, kernel, bias):
+        return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
-    return jax.lax.platform_dependent(inputs, kernel, cpu=on_cpu, default=elsewhere)
+    return jax.lax.platform_dependent(x, kernel, bias, cpu=on_cpu, default=elsewhere)
 
 
-def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
-    low_precision = jnp.dtype(dtype).itemsize < 4
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        kernel_init=nn.initializers.normal(0.02),
-        dot_general=_low_precision_dense_product if low_precision else jax.lax.dot_general,
-        name=name,
-    )
+class LowPrecisionDense(nn.Module):
+    """nn.Dense with its parameters (float32 `kernel` and `bias`, the same names and initialisers) computing in a
+    16-bit dtype through `_low_precision_dense` (figures in docs/benchmarks.md)."""
+
+    features: int
+    dtype: jnp.dtype = jnp.bfloat16
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return _low_precision_dense(x.astype(self.dtype), kernel, bias)
+
+
+def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Module:
+    if jnp.dtype(dtype).itemsize < 4:
+        return LowPrecisionDense(features, dtype, name=name)
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(0.02), name=name)
 
 
 def _hash32(words: jax.Array) -> jax.Array:
@@ -227,7 +241,9 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, hidden):
         hidden = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
-        return _ACTIVATIONS[self.config.hidden_act](hidden)
+        # In float32 whatever the dtype: XLA:CPU computes a bfloat16 erf GELU (forward and backward) in about twice
+        # the time of a float32 one (docs/benchmarks.md), and the float32 one is the more exact.
+        return _ACTIVATIONS[self.config.hidden_act](hidden.astype(jnp.float32)).astype(self.dtype)
 
 
 class BertLayer(nn.Module):

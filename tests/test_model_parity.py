@@ -193,32 +193,41 @@ def test_bfloat16_compute_keeps_float32_params(minilm_flax_dir):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_bfloat16_dense_product_and_gradients_match_float64(jit):
-    """The bfloat16 Dense product (float32 accumulation, weight gradient through a physical transpose on CPU)
-    against float64 products of the same bfloat16 operands."""
+def test_bfloat16_dense_and_gradients_match_float64(jit):
+    """The bfloat16 Dense (float32 accumulation and bias, weight gradient through a physical transpose and bias
+    gradient as a product on CPU) against float64 statements on the same bfloat16 operands."""
     import jax.numpy as jnp
 
-    from bert_flax.modeling import _low_precision_dense_product
+    from bert_flax.modeling import LowPrecisionDense
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 5, 48)), jnp.bfloat16)
-    kernel = jnp.asarray(rng.standard_normal((48, 40)) * 0.1, jnp.bfloat16)
+    params = {"kernel": jnp.asarray(rng.standard_normal((48, 40)) * 0.1, jnp.float32),
+              "bias": jnp.asarray(rng.standard_normal(40), jnp.float32)}
     weights = rng.standard_normal((3, 5, 40))
+    dense = LowPrecisionDense(40, jnp.bfloat16)
+    assert jax.tree_util.tree_map(jnp.shape, dense.init(jax.random.key(0), x)["params"]) == \
+        jax.tree_util.tree_map(jnp.shape, params)
 
-    def loss(x, kernel):
-        out = _low_precision_dense_product(x, kernel, (((2,), (0,)), ((), ())))
+    def loss(x, params):
+        out = dense.apply({"params": params}, x)
         return jnp.sum(out.astype(jnp.float32) * weights), out
 
-    (_, out), (grad_x, grad_kernel) = (jax.jit if jit else lambda f: f)(
-        jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
-    x64, kernel64 = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    (_, out), (grad_x, grads) = (jax.jit if jit else lambda f: f)(
+        jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, params)
+    x64 = np.asarray(x, np.float64)
+    kernel64 = np.asarray(params["kernel"].astype(jnp.bfloat16), np.float64)  # the kernel the product reads
     # The gradient reaching the product is that of a bfloat16 output: the weights rounded to bfloat16.
     grad_out = np.asarray(jnp.asarray(weights, jnp.bfloat16), np.float64)
-    assert out.dtype == grad_x.dtype == grad_kernel.dtype == jnp.bfloat16
-    # Each result is accumulated in float32 and rounded once to bfloat16 (8-bit mantissa).
-    for got, want in ((out, x64 @ kernel64), (grad_x, grad_out @ kernel64.T),
-                      (grad_kernel, np.einsum("bli,blo->io", x64, grad_out))):
-        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6)
+    assert out.dtype == grad_x.dtype == jnp.bfloat16
+    assert grads["kernel"].dtype == grads["bias"].dtype == jnp.float32
+    # Outputs and the input gradient are accumulated in float32 and rounded once to bfloat16 (8-bit mantissa);
+    # the parameter gradients stay float32 (float32 accumulation of bfloat16 products: exact to float32 here).
+    for got, want, rtol in ((out, x64 @ kernel64 + np.asarray(params["bias"], np.float64), 2 ** -8),
+                            (grad_x, grad_out @ kernel64.T, 2 ** -8),
+                            (grads["kernel"], np.einsum("bli,blo->io", x64, grad_out), 1e-6),
+                            (grads["bias"], grad_out.sum(axis=(0, 1)), 1e-6)):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.parametrize("rate, shape, dtype", [(0.1, (1001, 999), "float32"), (0.3, (7, 3, 5), "float32"),
