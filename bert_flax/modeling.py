@@ -96,7 +96,7 @@ class LowPrecisionDense(nn.Module):
         return _low_precision_dense(x.astype(self.dtype), kernel, bias)
 
 
-def _dense(features: int, config: BertConfig, dtype, name: str) -> nn.Module:
+def _dense(features: int, dtype, name: str) -> nn.Module:
     if jnp.dtype(dtype).itemsize < 4:
         return LowPrecisionDense(features, dtype, name=name)
     return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(0.02), name=name)
@@ -183,7 +183,7 @@ class BertSelfAttention(nn.Module):
 
         def project(name):
             # (batch, length, heads, head_dim)
-            x = _dense(cfg.hidden_size, cfg, self.dtype, name)(hidden)
+            x = _dense(cfg.hidden_size, self.dtype, name)(hidden)
             return x.reshape(x.shape[:-1] + (heads, head_dim))
 
         query, key, value = project("query"), project("key"), project("value")
@@ -213,7 +213,7 @@ class BertOutput(nn.Module):
 
     @nn.compact
     def __call__(self, context, residual, deterministic: bool):
-        hidden = _dense(self.config.hidden_size, self.config, self.dtype, "dense")(context)
+        hidden = _dense(self.config.hidden_size, self.dtype, "dense")(context)
         hidden = Dropout(self.config.hidden_dropout_prob)(hidden, deterministic=deterministic)
         return _layer_norm(self.config, self.dtype, "LayerNorm")(hidden + residual)
 
@@ -240,7 +240,7 @@ class BertIntermediate(nn.Module):
 
     @nn.compact
     def __call__(self, hidden):
-        hidden = _dense(self.config.intermediate_size, self.config, self.dtype, "dense")(hidden)
+        hidden = _dense(self.config.intermediate_size, self.dtype, "dense")(hidden)
         # In float32 whatever the dtype: XLA:CPU computes a bfloat16 erf GELU (forward and backward) in about twice
         # the time of a float32 one (docs/benchmarks.md), and the float32 one is the more exact.
         return _ACTIVATIONS[self.config.hidden_act](hidden.astype(jnp.float32)).astype(self.dtype)
@@ -269,7 +269,7 @@ class BertPooler(nn.Module):
 
     @nn.compact
     def __call__(self, hidden):
-        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(hidden[:, 0]))
+        return jnp.tanh(_dense(self.config.hidden_size, self.dtype, "dense")(hidden[:, 0]))
 
 
 @functools.lru_cache(maxsize=None)
