@@ -64,7 +64,7 @@ def trace_seconds(run, batches: list[tuple[str, dict]], params) -> float:
     grad_fns = make_grad_fns(run.model, run.config)
     start = time.perf_counter()
     for task, batch in batches:
-        grad_fns[task].trace(params, batch, jax.random.key(0))
+        grad_fns[task].trace(params, batch, jax.random.key(0), common.step_argument())
     return time.perf_counter() - start
 
 
@@ -77,7 +77,7 @@ def run_seconds(grad_fns_by_variant: dict, batches: list[tuple[str, dict]], para
         for name, grad_fns in grad_fns_by_variant.items():
             start = time.perf_counter()
             for i, (task, batch) in enumerate(batches):
-                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(i)))
+                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(i), common.step_argument()))
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -90,7 +90,7 @@ def compiled_grad_fns(run, batches: list[tuple[str, dict]], params) -> dict:
 
     grad_fns = make_grad_fns(run.model, run.config)
     for task, batch in batches:
-        jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0)))
+        jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0), common.step_argument()))
     return grad_fns
 
 

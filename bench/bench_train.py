@@ -257,7 +257,8 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
         for task, batch in batches.items():
             if (task, batch["input_ids"].shape) not in seen:
                 seen.add((task, batch["input_ids"].shape))
-                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0, impl=args.prng)))
+                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0, impl=args.prng),
+                                                     common.step_argument()))
     compile_s = time.perf_counter() - start
     notes["jax_grad_shapes"] = len(seen)
     notes["jax_grad_warmup_s"] = round(compile_s, 2)

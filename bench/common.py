@@ -183,6 +183,14 @@ def load_run(preset: str | None, checkpoint: str | Path, batch_size: int, no_dro
     return run
 
 
+def step_argument():
+    """The `step` a gradient function gets from the training loop (TrainState.step, an int32 scalar array): calls
+    with anything else (a Python int) compile a second program per shape, which a timed step would then include."""
+    import jax.numpy as jnp
+
+    return jnp.zeros((), jnp.int32)
+
+
 def load_steps(run, count: int, start: int = 0) -> list[dict]:
     """The first `count` steps (from `start`) of epoch 0 of the run's stream as {task: numpy batch}."""
     import itertools

@@ -77,7 +77,8 @@ def test_objective_mixes_gold_and_distillation_by_the_share(tiny_encoder, small_
     key = jax.random.key(0, impl="rbg")
 
     def grads(weight):
-        loss, g = make_grad_fns(run.model, dataclasses.replace(base, teacher_weight=weight))["sst"](params, batch, key)
+        grad_fn = make_grad_fns(run.model, dataclasses.replace(base, teacher_weight=weight))["sst"]
+        loss, g = grad_fn(params, batch, key, 0)
         return float(loss), jax.device_get(g)
 
     (gold_loss, gold), (_, distilled), (mixed_loss, mixed) = grads(0.0), grads(1.0), grads(0.25)

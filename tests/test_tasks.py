@@ -88,8 +88,8 @@ def test_a_declared_copy_of_sts_gives_the_losses_of_the_builtin_sts(tiny_encoder
                     for name, run in (("sts", builtin), ("mysts", declared))))
     for a, b in itertools.islice(batches, 3):
         a, b = ({k: v for k, v in x.items() if k != "index"} for x in (a, b))
-        loss_a, grads_a = grads["sts"](params, a, key)
-        loss_b, grads_b = grads["mysts"](copied, b, key)
+        loss_a, grads_a = grads["sts"](params, a, key, 0)
+        loss_b, grads_b = grads["mysts"](copied, b, key, 0)
         assert float(loss_a) == float(loss_b)
         for x, y in zip(jax.tree_util.tree_leaves(grads_a), jax.tree_util.tree_leaves(grads_b)):
             np.testing.assert_array_equal(x, y)

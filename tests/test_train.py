@@ -144,7 +144,7 @@ def test_every_combination_builds_and_takes_a_step(tiny_encoder, small_data, ove
     before = jax.device_get(state.params)
     batches, _ = next(run.train_steps(0))
     grad_fns = make_grad_fns(run.model, config)
-    losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg"))
+    losses, grads = zip(*(grad_fns[t](state.params, batches[t], jax.random.key(i, impl="rbg"), state.step)
                           for i, t in enumerate(config.tasks)))
     state, stats = make_update(config, tx)(state, tuple(grads), jax.random.key(9))
     after = jax.device_get(state.params)
@@ -259,7 +259,7 @@ def test_rdrop_without_dropout_gives_the_plain_gradient(tiny_encoder, small_data
     def grad(dropout: bool, rdrop: float):
         config = dataclasses.replace(plain, dropout=0.3 if dropout else 0.0, rdrop=rdrop)
         model = MultitaskBert(run.bert_config if dropout else no_dropout, config)
-        loss, grads = make_grad_fns(model, config)["sst"](params, batch, key)
+        loss, grads = make_grad_fns(model, config)["sst"](params, batch, key, 0)
         return float(loss), jax.tree_util.tree_leaves(grads)
 
     (loss, grads), (rdrop_loss, rdrop_grads) = grad(False, 0.0), grad(False, 1.0)
@@ -281,8 +281,8 @@ def test_loss_weights_scale_a_task_gradient_and_not_its_loss(tiny_encoder, small
     run = Run(plain, tiny_encoder)
     params, batches, key = run.init_params(), next(run.train_steps(0))[0], jax.random.key(0, impl="rbg")
     assert (weighted.loss_weight("sst"), weighted.loss_weight("sts")) == (1.0, 2.5)
-    loss, grads = make_grad_fns(run.model, plain)["sts"](params, batches["sts"], key)
-    weighted_loss, weighted_grads = make_grad_fns(run.model, weighted)["sts"](params, batches["sts"], key)
+    loss, grads = make_grad_fns(run.model, plain)["sts"](params, batches["sts"], key, 0)
+    weighted_loss, weighted_grads = make_grad_fns(run.model, weighted)["sts"](params, batches["sts"], key, 0)
     assert float(weighted_loss) == float(loss)
     # Float32 rounding of the backward pass, whose sums round relative to the gradients' scale: an entry near zero
     # by cancellation (-1.8e-6, off by 1.4e-9 on an AMD EPYC; the largest entry is 0.54) keeps an absolute error,
@@ -618,7 +618,7 @@ state = init_state(run.init_params(), make_optimizer(config, total_steps=1))
 batches, _ = next(run.train_steps(0))
 grad_fns = make_grad_fns(run.model, config)
 print(json.dumps({"devices": jax.device_count(),
-                  "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0))[0])
+                  "losses": [float(grad_fns[t](state.params, batches[t], jax.random.key(0), state.step)[0])
                              for t in config.tasks]}))
 """
 

@@ -1,6 +1,6 @@
 """The training step: one jitted gradient function per task, and one jitted update.
 
-A step calls `grad_fns[task](params, batch, rng)` for each task (each compiled once per
+A step calls `grad_fns[task](params, batch, rng, state.step)` for each task (each compiled once per
 batch shape of its own task, so bucketed lengths of different tasks do not multiply into
 a compile per combination), then `update(state, task_grads, key)`, which combines the
 gradient pytrees by sum or PCGrad and applies the AdamW chain. Dispatch is asynchronous:
@@ -91,9 +91,12 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 
 
     With --grad-accumulation N, the batch holds N micro-batches (`micro_batches`); micro-batch k draws its
     dropout from fold_in(dropout_rng, k). The loss and gradient are those of the mean over the batch's real rows:
-    each micro-batch's mean weighted by its share of the real rows (padding rows have weight 0)."""
+    each micro-batch's mean weighted by its share of the real rows (padding rows have weight 0).
 
-    def task_grad(params, batch, rng, step=0, *, task):
+    `step` is an int32 scalar array, as TrainState.step: a Python int is another argument type to jit, so a call
+    with one compiles (or loads from the cache) a second program for the same shapes."""
+
+    def task_grad(params, batch, rng, step, *, task):
         rdrop = config.rdrop > 0 and config.spec(task).has_class_logits
 
         def loss_fn(p):
@@ -113,7 +116,7 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, grads
 
-    def accumulated_grad(params, batch, rng, step=0, *, task):
+    def accumulated_grad(params, batch, rng, step, *, task):
         def add(totals, k_and_micro):
             k, micro = k_and_micro
             loss, grads = task_grad(params, micro, jax.random.fold_in(rng, k), step, task=task)
