@@ -49,6 +49,8 @@ class JaxTrainer:
     configuration, blocking at the end."""
 
     def __init__(self, run, config, model, params, grad_fns, key_impl: str):
+        import functools
+
         import jax
 
         from train.step import init_state, make_optimizer, make_update
@@ -56,7 +58,10 @@ class JaxTrainer:
         tx = make_optimizer(config, run.total_steps())
         self.grad_fns = grad_fns
         self.update = make_update(config, tx)
-        self.state = init_state(jax.tree_util.tree_map(lambda x: x.copy(), params), tx)
+        # Made as train/loop.py makes it (replicated over the mesh): the gradient functions then meet the
+        # shardings they were compiled for, and no timed step compiles again.
+        self.state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=run.replicated)(
+            jax.tree_util.tree_map(lambda x: x.copy(), params))
         self.base_key = jax.random.key(config.seed, impl=key_impl)  # train/loop.py uses "rbg" keys
         self.count = 0
 
@@ -257,8 +262,9 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
         for task, batch in batches.items():
             if (task, batch["input_ids"].shape) not in seen:
                 seen.add((task, batch["input_ids"].shape))
-                jax.block_until_ready(grad_fns[task](params, batch, jax.random.key(0, impl=args.prng),
-                                                     common.step_argument()))
+                trainer = jax_trainers["sum"]  # arguments of the kinds and shardings the timed steps pass
+                jax.block_until_ready(grad_fns[task](trainer.state.params, batch,
+                                                     jax.random.fold_in(trainer.base_key, 0), trainer.state.step))
     compile_s = time.perf_counter() - start
     notes["jax_grad_shapes"] = len(seen)
     notes["jax_grad_warmup_s"] = round(compile_s, 2)
@@ -269,6 +275,10 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
     for name in failed:
         variants.pop(name, None)
 
+    def programs() -> int:  # traced signatures held by the gradient functions (a private JAX counter)
+        return sum(fn._cache_size() for fn in grad_fns.values())
+
+    programs_before = programs()
     order = list(variants)
     for i in range(len(steps)):
         shift = i % len(order)
@@ -276,6 +286,10 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
             if name in variants and name not in failed:
                 timed(name, i, record=True)
 
+    notes["jax_programs_traced_while_timed"] = programs() - programs_before
+    if notes["jax_programs_traced_while_timed"]:
+        print(f"warning: the timed JAX steps traced {notes['jax_programs_traced_while_timed']} new gradient "
+              "programs: their times include compilation", file=sys.stderr)
     if len(jax_trainers) == 2:
         # Both JAX variants run the same gradient programs, so the step times differ by the update alone:
         # timed here interleaved on the same gradients, it gives the PCGrad overhead free of the load noise
