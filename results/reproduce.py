@@ -438,8 +438,8 @@ def summarize() -> None:
         "  held-out half of the official dev split, scored outside the project, dev and held-out overall correlate",
         "  at 0.30 across 41 rows).",
         f"- `best/predictions` holds the test predictions of one row named before it ran: {BEST_ROW} (the",
-        "  distillation recipe's default seed), once it has finished here; until then they are those of",
-        f"  {PREVIOUS_BEST}, the best of the rows by dev.",
+        "  distillation recipe's default seed) at the largest budget it finished (named below the tables);",
+        f"  before it had finished anywhere, those of {PREVIOUS_BEST}, the best of the rows by dev.",
         "- Wall times depend on the machine and on what shared its cores (run.json).",
     ]
     scores, finished = {}, {}
