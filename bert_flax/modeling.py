@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from .config import BertConfig
 
-__all__ = ["BertModel", "Dropout"]
+__all__ = ["BertModel", "Dropout", "LowPrecisionDense"]
 
 _ACTIVATIONS = {
     # Written with erf: jax.nn.gelu(approximate=False) lowers to erfc, which XLA:CPU runs more slowly
@@ -45,7 +45,7 @@ def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
 def _low_precision_dense_on_cpu(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """x (n, in) @ kernel (in, out) + bias for a 16-bit x and float32 parameters: the kernel rounded to x's dtype,
     the product accumulated in float32, the bias added in float32, one rounding of the sum to x's dtype."""
-    return (_matmul(x, kernel.astype(x.dtype), (1, 0)) + bias).astype(x.dtype)
+    return _low_precision_dense_on_cpu_fwd(x, kernel, bias)[0]
 
 
 def _low_precision_dense_on_cpu_fwd(x, kernel, bias):
