@@ -49,19 +49,15 @@ class JaxTrainer:
     configuration, blocking at the end."""
 
     def __init__(self, run, config, model, params, grad_fns, key_impl: str):
-        import functools
-
         import jax
 
-        from train.step import init_state, make_optimizer, make_update
+        from train.step import make_optimizer, make_update, placed_state
 
         tx = make_optimizer(config, run.total_steps())
         self.grad_fns = grad_fns
         self.update = make_update(config, tx)
-        # Made as train/loop.py makes it (replicated over the mesh): the gradient functions then meet the
-        # shardings they were compiled for, and no timed step compiles again.
-        self.state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=run.replicated)(
-            jax.tree_util.tree_map(lambda x: x.copy(), params))
+        # Placed as train/loop.py places it: no timed step meets a sharding it was not compiled for.
+        self.state = placed_state(jax.tree_util.tree_map(lambda x: x.copy(), params), tx, run.replicated)
         self.base_key = jax.random.key(config.seed, impl=key_impl)  # train/loop.py uses "rbg" keys
         self.count = 0
 
@@ -258,11 +254,11 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
 
     seen: set = set()
     start = time.perf_counter()
+    trainer = jax_trainers["sum"]  # the warm-up passes arguments of the kinds and shardings the timed steps pass
     for batches in device_steps:
         for task, batch in batches.items():
             if (task, batch["input_ids"].shape) not in seen:
                 seen.add((task, batch["input_ids"].shape))
-                trainer = jax_trainers["sum"]  # arguments of the kinds and shardings the timed steps pass
                 jax.block_until_ready(grad_fns[task](trainer.state.params, batch,
                                                      jax.random.fold_in(trainer.base_key, 0), trainer.state.step))
     compile_s = time.perf_counter() - start

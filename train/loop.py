@@ -25,7 +25,7 @@ from .epochs import Epochs, say, state_dict
 from .interrupts import InterruptFlag, exit_interrupted
 from .progress import Progress
 from .run import Run, RunError, ensure_init_checkpoint, enable_compilation_cache, finish_run
-from .step import TrainState, init_state, learning_rate, make_grad_fns, make_optimizer, make_update
+from .step import TrainState, learning_rate, make_grad_fns, make_optimizer, make_update, placed_state
 from .tensorboard import EventLog
 
 __all__ = ["Progress", "train"]
@@ -97,9 +97,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dic
     total_steps = run.total_steps()
     tx = make_optimizer(config, total_steps)
     grad_fns, update = make_grad_fns(run.model, config, total_steps), make_update(config, tx)
-    # Every leaf replicated (the step counters too): the update's output shardings then match its inputs and it
-    # compiles once, not again at the second step.
-    state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=run.replicated)(run.init_params())
+    state = placed_state(run.init_params(), tx, run.replicated)
     latest, best = checkpointing.managers(run_dir)
     progress = Progress()
     if resume:

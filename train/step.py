@@ -31,7 +31,7 @@ from .optim import (adamw, decay_mask_no_layernorm_bias, layer_lr_scales, params
 from .pcgrad import pcgrad
 
 __all__ = ["TrainState", "learning_rate", "make_optimizer", "make_grad_fns", "micro_batches", "make_update",
-           "train_step", "is_shared_param", "evaluated_params"]
+           "placed_state", "train_step", "is_shared_param", "evaluated_params"]
 
 # Parameters used by more than one task; everything else is one task's head.
 SHARED_MODULES = ("bert", "pair_shared")
@@ -181,3 +181,9 @@ def train_step(state: TrainState, batches: dict, key: jax.Array, grad_fns: dict[
 def init_state(params, tx: optax.GradientTransformation) -> TrainState:
     """A fresh TrainState at step 0."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def placed_state(params, tx: optax.GradientTransformation, sharding) -> TrainState:
+    """`init_state` with every leaf placed by `sharding` (the step counter too): the update's output shardings then
+    match its inputs, so it compiles once, and the gradient functions meet the shardings of every later step."""
+    return jax.jit(functools.partial(init_state, tx=tx), out_shardings=sharding)(params)
