@@ -80,13 +80,30 @@ TEACHERS = {
     "para": (["para-finetune-cross-mean-lr5e-5"], 3, 10000),
     "sts": (["sts-finetune-cosine-scaled-lr5e-5"], 3, 10000),
 }
-TEACHER_FLAGS = [flag for task in TEACHERS for flag in ("--teacher", f"{task}=results/teachers/{task}.npz")]
 # The distillation recipe, fixed before its seeds ran: the best setup with R-Drop 1 (no CFIMDB start, which costs
 # a 52-minute row first), every task taught by its single-task teacher (SST by three seeds' mean), the gold share
 # annealed from 0 to 1 (Clark et al. 2019); with the default seed and seeds 2 and 3.
 RECIPE = "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"
-DISTILLED = {f"{RECIPE}{suffix}":
-             [*BEST_SETUP, "--rdrop", "1", *TEACHER_FLAGS, "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
+# Self-distillation (Clark et al. 2019): the recipe's three students at 2 x 10,000, one multi-task ensemble, teach
+# every task to a new student of the same recipe.
+SELF_TEACHERS = {task: ([f"{RECIPE}{suffix}" for suffix in SEEDS], 2, 10000) for task in TEACHERS}
+# Teacher file (relative to the repository) -> (task, its rows, epochs, examples per task).
+TEACHER_FILES = {
+    **{f"results/teachers/{task}.npz": (task, *spec) for task, spec in TEACHERS.items()},
+    **{f"results/teachers/self/{task}.npz": (task, *spec) for task, spec in SELF_TEACHERS.items()},
+}
+
+
+def teacher_flags(directory: str) -> list[str]:
+    """--teacher TASK=FILE for every teacher file in `directory`."""
+    return [flag for path, (task, *_) in TEACHER_FILES.items() if str(Path(path).parent) == directory
+            for flag in ("--teacher", f"{task}={path}")]
+
+
+DISTILLED = {f"{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers"),
+                                    "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
+SELF_DISTILLED = {f"self-{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
+                                             "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -164,6 +181,7 @@ ROWS = {
     "cfimdb-finetune": ([*CFIMDB, "--max-length", "512"], dict(cfimdb=0.966)),
     "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
     **{name: (flags, {}) for name, flags in DISTILLED.items()},
+    **{name: (flags, {}) for name, flags in SELF_DISTILLED.items()},
     # Whether PCGrad still matters once every task learns from a teacher: the recipe's default seed, summed.
     f"{RECIPE}-nopcgrad": ([*DISTILLED[RECIPE], "--no-pcgrad"], {}),
     # The recipe computed in bfloat16 (parameters and AdamW state stay float32), three seeds: the quality check
@@ -182,6 +200,7 @@ SOUPS = {
 SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
+    "self-distillation (the recipe's 3 students teach)": list(SELF_DISTILLED),
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
@@ -279,21 +298,19 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     return returncode == 0
 
 
-def teacher_file(task: str) -> Path:
-    return RESULTS / "teachers" / f"{task}.npz"
-
-
 def make_teachers(names: list[str], extra: list[str], jobs: int) -> bool:
     """Makes the teacher files the rows `names` need and lack: their teacher rows first (trained at their budget),
     then `python -m train.teach`. True when every file is there."""
-    needed = sorted({task for name in names if name in ROWS for task in TEACHERS
-                     if f"{task}=results/teachers/{task}.npz" in ROWS[name][0] and not teacher_file(task).exists()})
-    for task in needed:
-        rows, epochs, samples = TEACHERS[task]
+    flags = [ROWS[name][0] for name in names if name in ROWS]
+    wanted = {f[i + 1].partition("=")[2] for f in flags for i in range(len(f) - 1) if f[i] == "--teacher"}
+    needed = sorted(path for path in wanted & TEACHER_FILES.keys() if not (REPO / path).exists())
+    for path in needed:
+        task, rows, epochs, samples = TEACHER_FILES[path]
         if not run_rows(rows, epochs, samples, extra, jobs):
             return False
         runs = [str(RESULTS / "runs" / budget_tag(epochs, samples) / row) for row in rows]
-        subprocess.run([sys.executable, "-m", "train.teach", "--task", task, "--out", str(teacher_file(task)), *runs],
+        (REPO / path).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "train.teach", "--task", task, "--out", str(REPO / path), *runs],
                        cwd=REPO, check=True)
     return True
 

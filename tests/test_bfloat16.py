@@ -29,12 +29,14 @@ from train.run import Run
 EPS = 2.0**-8
 
 
-def _task_gradients(config, params, batches):
+def _task_gradients(run, dtype, params, batches):
+    """Each task's (loss, gradient) at update 1 of 4, the run's model computing in `dtype`."""
     from train.step import make_grad_fns
 
-    run = Run(config, config.init_checkpoint)
-    grad_fns = make_grad_fns(run.model, config, total_steps=4)
-    return {task: grad_fns[task](params, batches[task], jax.random.key(i, impl="rbg"), 1)
+    config = dataclasses.replace(run.config, dtype=dtype)
+    model = run.model.clone(config=config, dtype=jnp.dtype(dtype))
+    grad_fns = make_grad_fns(model, config, total_steps=4)
+    return {task: grad_fns[task](params, batches[task], jax.random.key(i, impl="rbg"), jnp.int32(1))
             for i, task in enumerate(config.tasks)}
 
 
@@ -61,11 +63,12 @@ def test_bfloat16_task_gradients_match_float32_within_the_stated_bound(recipe_co
     run = Run(recipe_config, recipe_config.init_checkpoint)
     params = run.init_params()
     batches, _ = next(run.train_steps(0))
-    float32 = _task_gradients(recipe_config, params, batches)
-    bfloat16 = _task_gradients(dataclasses.replace(recipe_config, dtype="bfloat16"), params, batches)
+    float32 = _task_gradients(run, "float32", params, batches)
+    bfloat16 = _task_gradients(run, "bfloat16", params, batches)
     for task in recipe_config.tasks:
         (loss32, grads32), (loss16, grads16) = float32[task], bfloat16[task]
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(grads16))
+        assert float(loss16) != float(loss32), task  # the model did compute in bfloat16
         assert abs(float(loss16) - float(loss32)) <= 4 * EPS * abs(float(loss32)), task
         groups32, groups16 = _groups(grads32), _groups(grads16)
         assert groups32.keys() == groups16.keys()

@@ -35,15 +35,18 @@ reproduce.RESULTS = reproduce.Path(sys.argv[2])
 reproduce.ROWS = {name: (flags, reference) for name, (flags, reference) in json.loads(sys.argv[3]).items()}
 reproduce.SOUPS = json.loads(sys.argv[4])
 reproduce.ENCODER_FROM = {name: tuple(source) for name, source in json.loads(sys.argv[5]).items()}
+reproduce.TEACHER_FILES = {path: tuple(spec) for path, spec in json.loads(sys.argv[6]).items()}
 reproduce.MULTITASK = [*reproduce.ROWS, *reproduce.SOUPS]
 reproduce.BEST_ROW = "tiny-b"
-sys.exit(reproduce.main(sys.argv[6:]))
+sys.exit(reproduce.main(sys.argv[7:]))
 """
 
 
-def reproduce(results: Path, rows: dict, *argv: str, encoder_from: dict | None = None, **popen) -> subprocess.Popen:
+def reproduce(results: Path, rows: dict, *argv: str, encoder_from: dict | None = None,
+              teacher_files: dict | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO / "results" / "reproduce.py"), str(results),
-                             json.dumps(rows), json.dumps(SOUPS), json.dumps(encoder_from or {}), *argv], cwd=REPO,
+                             json.dumps(rows), json.dumps(SOUPS), json.dumps(encoder_from or {}),
+                             json.dumps(teacher_files or {}), *argv], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -141,3 +144,21 @@ def test_row_from_another_rows_encoder(tiny_encoder, small_data, tmp_path):
     assert argv[-5:-3] == ["--init-checkpoint", str(source / "best_encoder")], argv
     config = json.loads((results / "runs" / "2x16" / "tiny-c" / "config.json").read_text())
     assert config["init_checkpoint"] == str(source / "best_encoder")
+
+
+def test_student_row_after_its_teacher_rows_and_file(tiny_encoder, small_data, tmp_path):
+    """A row with --teacher TASK=FILE, FILE in TEACHER_FILES and missing: its teacher rows train first at their
+    own budget, `train.teach` writes FILE from them, then the student trains from FILE."""
+    rows, results = tiny_rows(tiny_encoder, small_data), tmp_path / "results"
+    teacher = tmp_path / "teachers" / "sts.npz"
+    rows["tiny-student"] = ([*rows["tiny-b"][0], "--teacher", f"sts={teacher}"], {})
+    process = reproduce(results, rows, "--rows", "tiny-student", "--epochs", "1", "--samples-per-task", "16",
+                        teacher_files={str(teacher): ["sts", ["tiny-a"], 1, 16]})
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert json.loads((results / "runs" / "1x16" / "tiny-a" / "run.json").read_text())["finished"] is True
+    assert teacher.exists()
+    order = [output.index(line) for line in ("tiny-a: done", f"wrote {teacher}", "tiny-student: -m train.main")]
+    assert order == sorted(order), output
+    config = json.loads((results / "runs" / "1x16" / "tiny-student" / "config.json").read_text())
+    assert config["teachers"] == f"sts={teacher}"
