@@ -85,7 +85,8 @@ TEACHERS = {
 # annealed from 0 to 1 (Clark et al. 2019); with the default seed and seeds 2 and 3.
 RECIPE = "distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-anneal"
 # Self-distillation (Clark et al. 2019): the recipe's three students at 2 x 10,000, one multi-task ensemble, teach
-# every task to a new student of the same recipe.
+# every task to a new student of the same recipe, computed in bfloat16 (the CPU time of three students), so
+# compared with the recipe's bfloat16 rows.
 SELF_TEACHERS = {task: ([f"{RECIPE}{suffix}" for suffix in SEEDS], 2, 10000) for task in TEACHERS}
 # Teacher file (relative to the repository) -> (task, its rows, epochs, examples per task).
 TEACHER_FILES = {
@@ -102,8 +103,9 @@ def teacher_flags(directory: str) -> list[str]:
 
 DISTILLED = {f"{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers"),
                                     "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
-SELF_DISTILLED = {f"self-{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
-                                             "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
+SELF_DISTILLED = {f"self-{RECIPE}-bf16{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
+                                                  "--teacher-annealing", "--dtype", "bfloat16", *seed]
+                  for suffix, seed in SEEDS.items()}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -200,7 +202,7 @@ SOUPS = {
 SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
-    "self-distillation (the recipe's 3 students teach)": list(SELF_DISTILLED),
+    "self-distillation, bfloat16 (the recipe's 3 students teach)": list(SELF_DISTILLED),
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
@@ -216,6 +218,9 @@ SAMPLES_FRACTION = {"baseline-6041": 0.6041}
 # The rows in results/ were trained with pools of 64 batches, the default before 20 buckets and pools of 256
 # became it: kept for every row, so that rows stay comparable and their commands reproduce them.
 ROW_POOL = ["--pool-batches", "64"]
+# The rows in results/ computed in float32 unless their flags say otherwise: kept whatever the command line's
+# default (--dtype auto) picks on the machine at hand.
+ROW_DTYPE = ["--dtype", "float32"]
 # The row whose test predictions go to results/best/, named before it ran; and the row they came from before it.
 BEST_ROW = RECIPE
 PREVIOUS_BEST = "paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1-seed3 at 5x10000"
@@ -260,7 +265,7 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it (a soup
     starts again)."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
-    budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *ROW_POOL, *extra]
+    budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *ROW_POOL, *ROW_DTYPE, *extra]
     runs = RESULTS / "runs" / budget_tag(epochs, samples_per_task)
     run_dir = runs / name
     previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
@@ -368,6 +373,7 @@ def extra_flags(info: dict, name: str) -> list[str]:
     if "--pool-batches" not in argv or not own:
         return []
     start = argv.index("--pool-batches") + 2
+    start += 2 * (argv[start:start + 2] == ROW_DTYPE)
     return argv[start:next((i for i in range(start, len(argv)) if argv[i] == own[0]), start)]
 
 
