@@ -1,6 +1,7 @@
 """What a new user sees before training starts: the preparation of task data silent with --quiet, and a warning
 when --max-length cuts many training sentences."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from data import tfds_builders
 from data.tasks import read_rows
 from train import main
+from train import run as train_run
 from train.config import TrainConfig
 from train.run import Run
 
@@ -43,7 +45,8 @@ def untruncated_share(run: Run, task: str, max_length: int) -> float:
     return float(np.mean([len(ids) > max_length for sequences in encoded for ids in sequences]))
 
 
-def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, small_data, tmp_path, capsys):
+def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, small_data, tmp_path, capsys,
+                                                             monkeypatch):
     config = TrainConfig(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), max_length=16,
                          pair_encoding="bi,sts=cross")
     run = Run(config, tiny_encoder)
@@ -58,13 +61,33 @@ def test_max_length_cutting_many_training_sentences_is_warned(tiny_encoder, smal
                             tasks=("sst",)), tiny_encoder)
     assert untruncated_share(roomy, "sst", 128) <= 0.05 and roomy.length_warnings() == []
     # The training command says it, in one line on stderr, before it trains.
+    monkeypatch.setattr(train_run, "native_bfloat16", lambda: False)
     argv = ["--tasks", "sst", "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--max-length",
             "16", "--epochs", "1", "--samples-per-task", "8", "--batch-size", "8", "--num-buckets", "1",
             "--run-dir", str(tmp_path / "run"), "--quiet"]
     assert main.main(argv) == 0
     out, err = capsys.readouterr()
     assert f"warning: --max-length 16 cuts {shares['sst']:.0%} of sst's training sentences\n" in err
-    assert "computing in float32 (--dtype); parameters and optimizer state in float32\n" in out  # and its dtype
+    assert "computing in float32 (--dtype auto); parameters and optimizer state in float32\n" in out  # its dtype
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "other"])
+def test_dtype_auto_is_bfloat16_where_the_cpu_has_it_and_float32_stays_exact(tiny_encoder, small_data, tmp_path,
+                                                                             capsys, monkeypatch, native):
+    """The command line's --dtype auto (its default) computes in bfloat16 on a CPU with bfloat16 instructions and
+    says so; the run's config.json holds the dtype it computed in (so --resume keeps it); --dtype float32 is
+    float32 everywhere."""
+    monkeypatch.setattr(train_run, "native_bfloat16", lambda: native)
+    argv = _argv(tiny_encoder, small_data, "--eval-max-examples", "8")
+    assert main.main([*argv, "--run-dir", str(tmp_path / "auto")]) == 0
+    want = "bfloat16" if native else "float32"
+    how = "--dtype auto: this CPU has bfloat16 instructions; --dtype float32 for exact float32" if native \
+        else "--dtype auto"
+    assert f"computing in {want} ({how}); parameters and optimizer state in float32\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["dtype"] == want
+    assert main.main([*argv, "--run-dir", str(tmp_path / "exact"), "--dtype", "float32"]) == 0
+    assert "computing in float32 (--dtype); parameters" in capsys.readouterr().out
+    assert json.loads((tmp_path / "exact" / "config.json").read_text())["dtype"] == "float32"
 
 
 def _argv(tiny_encoder, small_data, *extra) -> list[str]:

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("sampling", "resample, min, proportional or annealed")
     add("max-length", "tokens per sequence, longer ones cut", int)
     add("num-buckets", "padded sequence lengths per task: fewer compile faster, more pad less", int)
-    add("dtype", "float32 or bfloat16: the encoder's computation dtype (parameters and optimizer state stay float32)")
+    p.add_argument("--dtype", help="float32, bfloat16, or auto: the encoder's computation dtype (parameters and "
+                                   "optimizer state stay float32); auto is bfloat16 on a CPU with bfloat16 "
+                                   "instructions (AVX-512 BF16, AMX, Arm BF16), else float32 (default auto)")
     add("encoder-chunks", "encode each batch's rows in this many independent groups (same results; "
                           "docs/benchmarks.md says where it pays)", int)
     add("pool-batches", "batches cut from one length-sorted pool of drawn examples: more pad less", int)
@@ -151,4 +153,5 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
         values["task_files"] = tuple(args.task_file)
     if args.teacher:
         values["teachers"] = ",".join(args.teacher)
+    values.setdefault("dtype", "auto")
     return TrainConfig(**values), args

@@ -61,7 +61,9 @@ class TrainConfig:
     max_length: int = 128
     num_buckets: int = 20  # padded lengths per task: fewer compile faster, more pad less
     pool_batches: int = 256  # batches cut from one length-sorted pool: more pad less, but mix lengths less
-    dtype: str = "float32"  # the encoder's computation dtype; parameters and optimizer state stay float32
+    # The encoder's computation dtype (parameters and optimizer state stay float32); auto: bfloat16 on CPUs with
+    # bfloat16 instructions, else float32 (train.run.resolved_dtype; the command line's default).
+    dtype: str = "float32"
     encoder_chunks: int = 1  # row groups of a batch encoded apart in one program (MultitaskBert.encoder_chunks)
     seed: int = 11711
     init_checkpoint: str = "checkpoints/minilm-l6"
@@ -85,7 +87,7 @@ class TrainConfig:
             "sampling": ("resample", "min", "proportional", "annealed"),
             "lr_schedule": ("constant", "linear"),
             "decay_mask": ("all", "no-layernorm-bias"),
-            "dtype": ("float32", "bfloat16"),
+            "dtype": ("float32", "bfloat16", "auto"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -11,7 +11,7 @@ from . import distributed
 from .cli import build_parser, parse_args
 from .config import ConfigError, TrainConfig
 from .loop import train
-from .run import RunError
+from .run import RunError, resolved_dtype
 
 
 def _resumed_config(run_dir: Path, argv) -> TrainConfig:
@@ -73,9 +73,12 @@ def main(argv=None) -> int:
         else:
             name = config.preset or "custom"
             run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+        auto, config = config.dtype == "auto", resolved_dtype(config)  # after joining: it asks the devices
         if distributed.is_main_process():
             print(f"run directory: {run_dir}")
-            print(f"computing in {config.dtype} (--dtype); parameters and optimizer state in float32")
+            how = "--dtype auto: this CPU has bfloat16 instructions; --dtype float32 for exact float32" if auto and \
+                config.dtype == "bfloat16" else "--dtype auto" if auto else "--dtype"
+            print(f"computing in {config.dtype} ({how}); parameters and optimizer state in float32")
         metrics = train(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
