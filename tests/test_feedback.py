@@ -90,6 +90,21 @@ def test_dtype_auto_is_bfloat16_where_the_cpu_has_it_and_float32_stays_exact(tin
     assert json.loads((tmp_path / "exact" / "config.json").read_text())["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("cpuinfo, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD EPYC (Zen 4)
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8\n", True),  # Sapphire Rapids
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),  # AVX-512, no bf16
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm Neoverse V1
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),
+    (None, False),  # no /proc/cpuinfo (not Linux)
+], ids=["avx512_bf16", "amx_bf16", "avx512", "arm-bf16", "arm", "none"])
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path, cpuinfo, native):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert train_run.native_bfloat16(path) is native
+
+
 def _argv(tiny_encoder, small_data, *extra) -> list[str]:
     return ["--tasks", "sts", "--epochs", "1", "--samples-per-task", "8", "--batch-size", "8", "--max-length", "32",
             "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--quiet", *extra]

@@ -79,13 +79,13 @@ def _placeholder_batch(rows: int) -> dict:
     return {"input_ids": tokens, "token_type_ids": tokens, "attention_mask": jnp.ones_like(tokens)}
 
 
-def native_bfloat16() -> bool:
-    """True where the devices are CPUs with bfloat16 instructions (x86 AVX-512 BF16 or AMX-BF16, Arm BF16), on
-    which the bfloat16 step runs 1.4-2x faster than float32 (docs/benchmarks.md)."""
+def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True where the devices are CPUs with bfloat16 instructions (x86 AVX-512 BF16 or AMX-BF16, Arm BF16: the
+    flags of `cpuinfo`), on which the bfloat16 step runs 1.4-2x faster than float32 (docs/benchmarks.md)."""
     if jax.devices()[0].platform != "cpu":
         return False
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = cpuinfo.read_text().splitlines()
     except OSError:
         return False
     flags = {flag for line in lines if line.startswith(("flags", "Features"))
