@@ -373,7 +373,8 @@ def extra_flags(info: dict, name: str) -> list[str]:
     if "--pool-batches" not in argv or not own:
         return []
     start = argv.index("--pool-batches") + 2
-    start += 2 * (argv[start:start + 2] == ROW_DTYPE)
+    if argv[start:start + len(ROW_DTYPE)] == ROW_DTYPE:  # rows run before ROW_DTYPE have none
+        start += len(ROW_DTYPE)
     return argv[start:next((i for i in range(start, len(argv)) if argv[i] == own[0]), start)]
 
 
