@@ -106,6 +106,19 @@ DISTILLED = {f"{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("
 SELF_DISTILLED = {f"self-{RECIPE}-bf16{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
                                                   "--teacher-annealing", "--dtype", "bfloat16", *seed]
                   for suffix, seed in SEEDS.items()}
+# Setups compared with the recipe's bfloat16 rows, three seeds each in bfloat16. Whether PCGrad still matters once
+# every task learns from a teacher: the recipe with the task gradients summed.
+SUMMED = {f"{RECIPE}-nopcgrad-bf16{suffix}": [*DISTILLED[f"{RECIPE}{suffix}"], "--no-pcgrad", "--dtype", "bfloat16"]
+          for suffix in SEEDS}
+# What the teachers add: the recipe's flags without its teachers (R-Drop 1, no CFIMDB start).
+UNTAUGHT = {f"paracross-cosine-scaled-lr5e-5-ema995-rdrop1-bf16{suffix}": [*BEST_SETUP, "--rdrop", "1", "--dtype",
+                                                                            "bfloat16", *seed]
+            for suffix, seed in SEEDS.items()}
+# Whether a teacher that stays in the objective to the end keeps the student nearer to it (STS: 0.856 against
+# 0.873): the recipe with a fixed teacher weight of 0.5 in place of the annealing.
+FIXED_WEIGHT = {f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-tw0.5-bf16{suffix}": [
+    *BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers"), "--teacher-weight", "0.5", "--dtype", "bfloat16",
+    *seed] for suffix, seed in SEEDS.items()}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
 ROWS = {
     "baseline-6041": (["--preset", "baseline-6041"], dict(sst=0.485, para=0.706, sts=0.356, overall=0.628)),
@@ -184,20 +197,7 @@ ROWS = {
     "cfimdb-finetune-len128": (CFIMDB, dict(cfimdb=0.966)),
     **{name: (flags, {}) for name, flags in DISTILLED.items()},
     **{name: (flags, {}) for name, flags in SELF_DISTILLED.items()},
-    # Whether PCGrad still matters once every task learns from a teacher: the recipe with the task gradients summed,
-    # three seeds in bfloat16, beside the recipe's bfloat16 rows.
-    **{f"{RECIPE}-nopcgrad-bf16{suffix}": ([*DISTILLED[f"{RECIPE}{suffix}"], "--no-pcgrad", "--dtype", "bfloat16"], {})
-       for suffix in SEEDS},
-    # The recipe's flags without its teachers (R-Drop 1, no CFIMDB start), three seeds in bfloat16: what the teachers
-    # add, beside the recipe's bfloat16 rows.
-    **{f"paracross-cosine-scaled-lr5e-5-ema995-rdrop1-bf16{suffix}": ([*BEST_SETUP, "--rdrop", "1", "--dtype",
-                                                                       "bfloat16", *seed], {})
-       for suffix, seed in SEEDS.items()},
-    # The recipe with a fixed teacher weight of 0.5 in place of the annealing, three seeds in bfloat16: whether a
-    # teacher that stays in the objective to the end keeps the student nearer to it (STS: 0.856 against 0.873).
-    **{f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-tw0.5-bf16{suffix}": (
-        [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers"), "--teacher-weight", "0.5", "--dtype",
-         "bfloat16", *seed], {}) for suffix, seed in SEEDS.items()},
+    **{name: (flags, {}) for name, flags in {**SUMMED, **UNTAUGHT, **FIXED_WEIGHT}.items()},
     # The recipe computed in bfloat16 (parameters and AdamW state stay float32), three seeds: the quality check
     # of bfloat16 against the float32 rows of the same budget.
     **{f"{RECIPE}-bf16{suffix}": ([*DISTILLED[f"{RECIPE}{suffix}"], "--dtype", "bfloat16"], {}) for suffix in SEEDS},
@@ -215,11 +215,9 @@ SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
     "self-distillation, bfloat16 (the recipe's 3 students teach)": list(SELF_DISTILLED),
-    "the recipe without teachers (...-ema995-rdrop1), bfloat16": [
-        f"paracross-cosine-scaled-lr5e-5-ema995-rdrop1-bf16{suffix}" for suffix in SEEDS],
-    "distillation recipe, teacher weight 0.5 instead of annealing, bfloat16": [
-        f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-tw0.5-bf16{suffix}" for suffix in SEEDS],
-    "distillation recipe without PCGrad (summed), bfloat16": [f"{RECIPE}-nopcgrad-bf16{suffix}" for suffix in SEEDS],
+    "the recipe without teachers (...-ema995-rdrop1), bfloat16": list(UNTAUGHT),
+    "distillation recipe, teacher weight 0.5 instead of annealing, bfloat16": list(FIXED_WEIGHT),
+    "distillation recipe without PCGrad (summed), bfloat16": list(SUMMED),
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
