@@ -24,9 +24,10 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-@pytest.mark.parametrize("regression_target", ["scaled", "binary"])
-def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, regression_target):
-    config = tiny_config(tiny_encoder, small_data, tasks=("sst", "para", "sts"), regression_target=regression_target)
+@pytest.mark.parametrize("regression_target,ranking_loss", [("scaled", 0.0), ("binary", 0.0), ("scaled", 0.2)])
+def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, regression_target, ranking_loss):
+    config = tiny_config(tiny_encoder, small_data, tasks=("sst", "para", "sts"), regression_target=regression_target,
+                         ranking_loss=ranking_loss)
     rng = np.random.default_rng(0)
     weights = np.array([1, 1, 0, 1, 1, 0], np.float32)
     # sst: cross-entropy to the teacher's distribution over the real rows.
@@ -41,7 +42,8 @@ def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, 
     got = distillation_loss(jnp.asarray(logit, jnp.float32), {"teacher": jnp.asarray(np.stack([1 - p, p], -1),
                             jnp.float32), "weights": weights}, "para", config)
     assert float(got) == pytest.approx(expected, rel=1e-5)
-    # sts (linear head): the task's own loss with the teacher's 0-5 score as the label.
+    # sts (linear head): the task's own loss with the teacher's 0-5 score as the label (with --ranking-loss, CoSENT
+    # ranks the batch by the teacher's scores).
     out, score = rng.normal(size=6), rng.uniform(0, 5, size=6)
     if regression_target == "scaled":
         per_example = (out - score / 5) ** 2
@@ -49,6 +51,9 @@ def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, 
         target = (score > 2).astype(np.float64)
         per_example = np.logaddexp(0, out) - target * out
     expected = (per_example * weights).sum() / weights.sum()
+    if ranking_loss:
+        pairs = [20 * (out[j] - out[i]) for i in range(6) for j in range(6) if weights[i] * weights[j] and score[i] > score[j]]
+        expected += ranking_loss * np.log1p(np.exp(pairs).sum())
     got = distillation_loss(jnp.asarray(out, jnp.float32), {"teacher": jnp.asarray(score, jnp.float32),
                                                             "weights": weights}, "sts", config)
     assert float(got) == pytest.approx(expected, rel=1e-5)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -84,6 +85,9 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--ordinal-loss", "-0.5"], "--ordinal-loss -0.5: must be 0 (off) or a positive weight"),
     (["--ordinal-loss", "1", "--tasks", "sts"],
      "--ordinal-loss: applies to tasks with class logits, and --tasks sts has none"),
+    (["--ranking-loss", "-0.1"], "--ranking-loss -0.1: must be 0 (off) or a positive weight"),
+    (["--ranking-loss", "0.1", "--tasks", "sst,para"],
+     "--ranking-loss: applies to pair-regression tasks, and --tasks sst,para has none"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--save-every-steps", "-5"], "--save-every-steps -5: must be 0"),
     (["--grad-accumulation", "0"], "--grad-accumulation must be positive, not 0"),
@@ -118,7 +122,8 @@ COMBINATIONS = [
     dict(),
     dict(pooling="max", regression_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
          lr_schedule="linear", layer_lr_decay=0.8),
-    dict(pooling="mean", regression_head="cosine", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed"),
+    dict(pooling="mean", regression_head="cosine", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed",
+         ranking_loss=0.02),
     dict(pair_encoding="cross", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
     dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
@@ -201,6 +206,42 @@ def test_ordinal_loss_matches_float64():
     # All mass one class off the label costs 1, two classes off 2: cross-entropy charges both the same.
     confident = jax.numpy.asarray(np.log(np.eye(5)[[1, 2]] + 1e-12), np.float32)
     np.testing.assert_allclose(np.asarray(squared_emd(confident, np.array([0, 0]))), [1.0, 2.0], rtol=1e-5)
+
+
+def _cosent_float64(scores, labels, weights, scale=20.0):
+    terms = [scale * (scores[j] - scores[i]) for i in range(len(scores)) for j in range(len(scores))
+             if weights[i] and weights[j] and labels[i] > labels[j]]
+    return np.log1p(np.exp(terms).sum())
+
+
+def test_cosent_matches_float64():
+    """sts's task loss with --ranking-loss against NumPy float64: the mean squared error over rows of weight 1,
+    plus alpha times log(1 + sum over real (i, j) with label_i > label_j of exp(20 (score_j - score_i)));
+    ties and padding rows add no pair."""
+    from train.losses import cosent, task_loss
+
+    rng = np.random.default_rng(3)
+    scores, labels = rng.uniform(-1, 1, size=16), rng.integers(0, 6, size=16).astype(np.float64)  # ties
+    weights = (np.arange(16) < 13).astype(np.float32)  # 3 padding rows
+    want = _cosent_float64(scores, labels, weights)
+    got = cosent(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.float32), weights)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    config = TrainConfig(pooling="mean", regression_head="cosine", regression_target="scaled", ranking_loss=0.3)
+    real = weights == 1
+    got = task_loss(jnp.asarray(scores, jnp.float32), {"labels": labels, "weights": weights}, "sts", config)
+    np.testing.assert_allclose(float(got), ((scores - labels / 5) ** 2)[real].mean() + 0.3 * want, rtol=1e-6)
+    # Scores ranked as the labels, 0.5 apart per label step, cost nearly nothing; ranked in reverse, about 20 times
+    # the widest gap (2.5, between the 2 real rows labelled 0 and the 4 labelled 5) plus the log of those 8 pairs.
+    ranked = jnp.asarray(labels / 2, jnp.float32)
+    assert float(cosent(ranked, labels, weights)) < 0.01
+    assert float(cosent(-ranked, labels, weights)) == pytest.approx(50 + np.log(8), rel=1e-4)
+
+
+def test_cosent_of_padding_only_is_zero_with_zero_gradient():
+    from train.losses import cosent
+
+    loss, grad = jax.value_and_grad(cosent)(jnp.ones(4), jnp.arange(4.0), jnp.zeros(4))
+    assert float(loss) == 0 and np.all(np.asarray(grad) == 0)
 
 
 def test_rdrop_loss_matches_float64():

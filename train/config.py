@@ -43,6 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # share of the uniform distribution in the targets of class-logit tasks
     rdrop: float = 0.0  # weight of R-Drop's KL term between two dropout passes of class-logit tasks (0: one pass)
     ordinal_loss: float = 0.0  # weight of the squared earth mover's distance in class-logit tasks' losses
+    ranking_loss: float = 0.0  # weight of the CoSENT ranking term in pair-regression tasks' losses
     lr: float = 1e-5
     layer_lr_decay: float = 1.0  # the rate's factor per layer down from the heads (train/optim.layer_lr_scales)
     reinit_layers: int = 0  # top encoder layers that start from BERT's random initialisation instead of the checkpoint
@@ -136,13 +137,15 @@ class TrainConfig:
             if not 0 <= value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
         logit_tasks = [t for t in self.tasks if self.spec(t).has_class_logits]
-        for name in ("rdrop", "ordinal_loss"):
+        regression_tasks = [t for t in self.tasks if self.spec(t).is_regression]
+        for name, applies_to, what in (("rdrop", logit_tasks, "tasks with class logits"),
+                                       ("ordinal_loss", logit_tasks, "tasks with class logits"),
+                                       ("ranking_loss", regression_tasks, "pair-regression tasks")):
             flag, weight = f"--{name.replace('_', '-')}", getattr(self, name)
             if not 0 <= weight < float("inf"):
                 raise ConfigError(f"{flag} {weight}: must be 0 (off) or a positive weight")
-            if weight and not logit_tasks:
-                raise ConfigError(f"{flag}: applies to tasks with class logits, and --tasks {','.join(self.tasks)} "
-                                  "has none")
+            if weight and not applies_to:
+                raise ConfigError(f"{flag}: applies to {what}, and --tasks {','.join(self.tasks)} has none")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1]")
         if self.layer_lr_decay != 1 and self.option == "pretrain":

@@ -8,7 +8,8 @@ import optax
 
 from .config import TrainConfig
 
-__all__ = ["task_loss", "distillation_loss", "gold_share", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd", "symmetric_kl"]
+__all__ = ["task_loss", "distillation_loss", "gold_share", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd",
+           "symmetric_kl", "cosent"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -35,6 +36,18 @@ def squared_emd(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.square(cumulative - target).sum(-1)
 
 
+def cosent(scores: jax.Array, labels: jax.Array, weights: jax.Array, scale: float = 20.0) -> jax.Array:
+    """CoSENT (Su 2022) over a batch of pair scores: log(1 + sum over ordered pairs of real rows with
+    label_i > label_j of exp(scale * (score_j - score_i))). It charges every pair the batch ranks against its
+    labels, whatever the scores' offset and spread, so its gradient does not fade as the squared error's does
+    once the scores sit near their targets; 20 is the paper's scale for cosines."""
+    scores = scores.astype(jnp.float32)
+    real = weights > 0
+    ranked = (labels[:, None] > labels[None, :]) & real[:, None] & real[None, :]
+    margins = jnp.where(ranked, scale * (scores[None, :] - scores[:, None]), -jnp.inf)
+    return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1, jnp.float32), margins.ravel()]))
+
+
 def _regression_scale(config: TrainConfig, task: str) -> tuple[float, float]:
     low, high = config.spec(task).label_range
     return low, high - low
@@ -58,28 +71,35 @@ def _per_example_loss(outputs: jax.Array, labels: jax.Array, task: str, config: 
     return jnp.square(outputs - (labels - low) / width if low else outputs - labels / width)
 
 
+def _batch_loss(outputs: jax.Array, labels: jax.Array, weights: jax.Array, task: str, config: TrainConfig):
+    loss = _weighted_mean(_per_example_loss(outputs, labels, task, config), weights)
+    if config.ranking_loss and config.spec(task).is_regression:
+        loss = loss + config.ranking_loss * cosent(outputs, labels, weights)
+    return loss
+
+
 def task_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
     """Mean loss over the real (weight 1) rows of a task batch, by the task's kind (data/tasks.py).
 
     Class logits: cross-entropy (against smoothed labels with --label-smoothing), plus --ordinal-loss times
     `squared_emd`; a two-class pair task's one logit: binary cross-entropy; pair-regression: with the linear head
     on the binary target, BCE on (label > the task's threshold); otherwise squared error between the output and
-    the label mapped from its range to 0-1.
+    the label mapped from its range to 0-1; plus, for pair-regression, --ranking-loss times `cosent` of the batch.
     """
-    return _weighted_mean(_per_example_loss(outputs, batch["labels"], task, config), batch["weights"])
+    return _batch_loss(outputs, batch["labels"], batch["weights"], task, config)
 
 
 def distillation_loss(outputs: jax.Array, batch: dict, task: str, config: TrainConfig) -> jax.Array:
     """Mean loss over the real rows against the teacher's targets (batch["teacher"], data/teachers.py): the
     cross-entropy to its class distribution (a two-class pair task: binary cross-entropy to its probability of
-    class 1), or for scores the task's own loss with the teacher's score as the label."""
+    class 1), or for scores the task's own loss (`task_loss`) with the teacher's score as the label."""
     teacher, spec = batch["teacher"], config.spec(task)
+    if spec.is_regression:
+        return _batch_loss(outputs, teacher, batch["weights"], task, config)
     if spec.has_class_logits:
         per_example = optax.softmax_cross_entropy(outputs, teacher)
-    elif not spec.is_regression:
-        per_example = optax.sigmoid_binary_cross_entropy(outputs, teacher[:, 1])
     else:
-        per_example = _per_example_loss(outputs, teacher, task, config)
+        per_example = optax.sigmoid_binary_cross_entropy(outputs, teacher[:, 1])
     return _weighted_mean(per_example, batch["weights"])
 
 
