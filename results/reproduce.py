@@ -229,6 +229,9 @@ SETUPS = {
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
                                                    for suffix in SEEDS],
 }
+# Setup -> the setup it is compared with seed by seed: their rows, in SEEDS order, share seeds and so data order.
+PAIRED_WITH = {setup: "distillation recipe, bfloat16" for setup, rows in SETUPS.items()
+               if any(rows == list(group) for group in (SELF_DISTILLED, UNTAUGHT, FIXED_WEIGHT, SUMMED, RANKED))}
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
@@ -461,6 +464,30 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
             *table]
 
 
+def paired_table(scores: dict, finished: dict) -> list[str]:
+    """The PAIRED_WITH table: per budget where both setups' rows all finished, the mean and standard error of the
+    per-seed differences (setup minus the setup it is compared with), and the overall difference of each seed."""
+    table = []
+    for tag in budgets():
+        for setup, base in PAIRED_WITH.items():
+            rows = list(zip(SETUPS[setup], SETUPS[base]))
+            if not all(finished.get((tag, name)) for pair in rows for name in pair):
+                continue
+            cells = []
+            for metric in ("sst", "para", "sts", "overall"):
+                diffs = [scores[tag, name][metric] - scores[tag, other][metric] for name, other in rows]
+                cells.append(f"{np.mean(diffs):+.3f} ±{np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.3f}")
+            each = " / ".join(f"{scores[tag, name]['overall'] - scores[tag, other]['overall']:+.3f}"
+                              for name, other in rows)
+            table.append(f"| {tag} | {setup} | {base} | {len(rows)} | {' | '.join(cells)} | {each} |")
+    if not table:
+        return []
+    return ["", "## Paired differences: mean ± standard error of the per-seed differences", "",
+            "The same seed draws the same data order, so a setup is compared with another seed by seed. Dev split.", "",
+            "| budget | setup | compared with | seeds | sentiment | paraphrase | STS corr | overall | overall, each seed |",
+            "|---|---|---|---|---|---|---|---|---|", *table]
+
+
 def summarize() -> None:
     """Writes results/README.md (a table per budget), rows.png, best/ and per-row copies in results/<budget>/<row>/."""
     import matplotlib
@@ -524,6 +551,7 @@ def summarize() -> None:
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
                       "| device | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|", *table]
     lines += setup_table(scores, finished)
+    lines += paired_table(scores, finished)
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
     chosen = [key for key in scores if key[1] == BEST_ROW and finished[key]]

@@ -162,3 +162,27 @@ def test_student_row_after_its_teacher_rows_and_file(tiny_encoder, small_data, t
     assert order == sorted(order), output
     config = json.loads((results / "runs" / "1x16" / "tiny-student" / "config.json").read_text())
     assert config["teachers"] == f"sts={teacher}"
+
+
+def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
+    """The Paired differences table against a hand computation: seeds pair by position in each setup's rows."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "results" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
+    monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
+    monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
+    overall = {"b1": 0.70, "b2": 0.74, "b3": 0.72, "n1": 0.71, "n2": 0.74, "n3": 0.75}
+    scores = {("2x10", name): {"sst": 0.5, "para": 0.8, "sts": 0.85, "overall": value}
+              for name, value in overall.items()}
+    finished = {key: True for key in scores}
+    row = reproduce.paired_table(scores, finished)[-1].split(" | ")
+    diffs = np.array([0.01, 0.0, 0.03])
+    assert row[7] == f"{diffs.mean():+.3f} ±{diffs.std(ddof=1) / np.sqrt(3):.3f}" == "+0.013 ±0.009"
+    assert row[8] == "+0.010 / +0.000 / +0.030 |" and row[4] == "+0.000 ±0.000"
+    finished["2x10", "n3"] = False  # a setup with a row still training has no line
+    assert reproduce.paired_table(scores, finished) == []
