@@ -37,7 +37,7 @@ reproduce.SOUPS = json.loads(sys.argv[4])
 reproduce.ENCODER_FROM = {name: tuple(source) for name, source in json.loads(sys.argv[5]).items()}
 reproduce.TEACHER_FILES = {path: tuple(spec) for path, spec in json.loads(sys.argv[6]).items()}
 reproduce.MULTITASK = [*reproduce.ROWS, *reproduce.SOUPS]
-reproduce.BEST_ROW = "tiny-b"
+reproduce.BEST_ROWS = [("tiny-b", "3x16"), ("tiny-b", "2x16")]
 sys.exit(reproduce.main(sys.argv[7:]))
 """
 
@@ -107,7 +107,7 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
         assert cells[2] == "" and cells[4] == f"{best[name]['overall']:.3f}", line
         assert cells[6] == ("soup of 2 rows" if name in SOUPS else "2"), line
         assert cells[5] == ("0.5" if name == "tiny-a" else "")
-    # best/ holds the row named before the rows ran (BEST_ROW), whatever the others score.
+    # best/ holds the first finished of the rows named before they ran (BEST_ROWS), whatever the others score.
     assert f"`best/` holds tiny-b at 2x16 (overall {best['tiny-b']['overall']:.3f})" in summary
     assert (results / "best" / "predictions" / "sst-test-output.csv").read_text() == \
         (results / "2x16" / "tiny-b" / "predictions" / "sst-test-output.csv").read_text()
