@@ -186,3 +186,24 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
     assert row[8] == "+0.010 / +0.000 / +0.030 |" and row[4] == "+0.000 ±0.000"
     finished["2x10", "n3"] = False  # a setup with a row still training has no line
     assert reproduce.paired_table(scores, finished) == []
+
+
+def test_grad_norms_follow_the_loss_weights_and_the_ranking_term(tiny_encoder, small_data):
+    """results/grad_norms.py: a loss weight of 3 on sts triples its norms and leaves sst's; CoSENT adds to sts's."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("grad_norms", REPO / "results" / "grad_norms.py")
+    grad_norms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grad_norms)
+    flags = ["--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--tasks", "sst,sts", "--pooling",
+             "mean", "--regression-head", "cosine", "--regression-target", "scaled", "--batch-size", "8",
+             "--max-length", "32", "--num-buckets", "1", "--dtype", "float32"]
+    plain = grad_norms.grad_norms(flags, 2)
+    weighted = grad_norms.grad_norms([*flags, "--loss-weights", "sts=3"], 2)
+    ranked = grad_norms.grad_norms([*flags, "--ranking-loss", "0.5"], 2)
+    assert len(plain["sts"]) == 2 and min(plain["sts"]) > 0
+    np.testing.assert_allclose(weighted["sts"], 3 * np.array(plain["sts"]), rtol=1e-5)
+    assert weighted["sst"] == plain["sst"] == ranked["sst"]
+    assert all(r > p for r, p in zip(ranked["sts"], plain["sts"]))
