@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the label to the cross-entropy of tasks with class logits (Hou et al. 2016): for ordered "
                         "classes, it charges a prediction by how far it misses", float, metavar="ALPHA")
     add("ranking-loss", "add ALPHA times CoSENT (Su 2022) to the loss of pair-regression tasks: a log-sum-exp over "
-                        "the batch's pairs of examples ranked against their labels", float, metavar="ALPHA")
+                        "the batch's pairs of examples ranked against their labels (with --grad-accumulation, the "
+                        "pairs within each micro-batch)", float, metavar="ALPHA")
     add("lr", "learning rate", float)
     add("layer-lr-decay", "multiply the learning rate by this factor per layer down from the heads: the top encoder "
                           "layer trains at lr x D, the embeddings at lr x D^(layers+1)", float)

@@ -91,7 +91,8 @@ def make_grad_fns(model: MultitaskBert, config: TrainConfig, total_steps: int = 
 
     With --grad-accumulation N, the batch holds N micro-batches (`micro_batches`); micro-batch k draws its
     dropout from fold_in(dropout_rng, k). The loss and gradient are those of the mean over the batch's real rows:
-    each micro-batch's mean weighted by its share of the real rows (padding rows have weight 0).
+    each micro-batch's mean weighted by its share of the real rows (padding rows have weight 0); a term over pairs
+    of rows (--ranking-loss) pairs the rows of each micro-batch.
 
     `step` is an int32 scalar array, as TrainState.step: a Python int is another argument type to jit, so a call
     with one compiles (or loads from the cache) a second program for the same shapes."""
