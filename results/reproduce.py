@@ -213,25 +213,28 @@ SOUPS = {
     "paracross-cosine-scaled-lr5e-5-ema995-soup3": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                     for suffix in SEEDS],
 }
+# The setups compared seed by seed with the recipe's bfloat16 rows: name -> its rows.
+BESIDE_RECIPE = {
+    "self-distillation, bfloat16 (the recipe's 3 students teach)": list(SELF_DISTILLED),
+    "the recipe without teachers (...-ema995-rdrop1), bfloat16": list(UNTAUGHT),
+    "distillation recipe, teacher weight 0.5 instead of annealing, bfloat16": list(FIXED_WEIGHT),
+    "distillation recipe without PCGrad (summed), bfloat16": list(SUMMED),
+    "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16": list(RANKED),
+}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
 # range and standard error at every budget where all its rows finished. "separate single-task models" is the
 # teachers: three models, each task scored by its own (SST by the mean of its three seeds' scores).
 SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
-    "self-distillation, bfloat16 (the recipe's 3 students teach)": list(SELF_DISTILLED),
-    "the recipe without teachers (...-ema995-rdrop1), bfloat16": list(UNTAUGHT),
-    "distillation recipe, teacher weight 0.5 instead of annealing, bfloat16": list(FIXED_WEIGHT),
-    "distillation recipe without PCGrad (summed), bfloat16": list(SUMMED),
-    "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16": list(RANKED),
+    **BESIDE_RECIPE,
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
                                                    for suffix in SEEDS],
 }
 # Setup -> the setup it is compared with seed by seed: their rows, in SEEDS order, share seeds and so data order.
-PAIRED_WITH = {setup: "distillation recipe, bfloat16" for setup, rows in SETUPS.items()
-               if any(rows == list(group) for group in (SELF_DISTILLED, UNTAUGHT, FIXED_WEIGHT, SUMMED, RANKED))}
+PAIRED_WITH = {setup: "distillation recipe, bfloat16" for setup in BESIDE_RECIPE}
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.

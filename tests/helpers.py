@@ -62,3 +62,11 @@ def tiny_config(tiny_encoder, small_data, **overrides):
     values = dict(init_checkpoint=str(tiny_encoder), data_dir=str(small_data), epochs=2, samples_per_task=24,
                   batch_size=8, eval_batch_size=32, max_length=32, num_buckets=2, lr=1e-3)
     return TrainConfig(**{**values, **overrides})
+
+
+def cosent_float64(scores, labels, weights, scale: float = 20.0) -> float:
+    """CoSENT in float64 loops: log(1 + sum over rows i, j of weight 1 with label_i > label_j of
+    exp(scale (score_j - score_i)))."""
+    terms = [scale * (scores[j] - scores[i]) for i in range(len(scores)) for j in range(len(scores))
+             if weights[i] and weights[j] and labels[i] > labels[j]]
+    return float(np.log1p(np.exp(np.asarray(terms, np.float64)).sum()))

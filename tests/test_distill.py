@@ -12,7 +12,7 @@ import pytest
 
 from data.tasks import DataError
 from data.teachers import read_teacher, write_teacher
-from tests.helpers import InterruptAfter, tiny_config
+from tests.helpers import InterruptAfter, cosent_float64, tiny_config
 from train import loop, main, teach
 from train.losses import distillation_loss, gold_share
 from train.run import Run, load_run
@@ -52,8 +52,7 @@ def test_distillation_losses_equal_float64_statements(tiny_encoder, small_data, 
         per_example = np.logaddexp(0, out) - target * out
     expected = (per_example * weights).sum() / weights.sum()
     if ranking_loss:
-        pairs = [20 * (out[j] - out[i]) for i in range(6) for j in range(6) if weights[i] * weights[j] and score[i] > score[j]]
-        expected += ranking_loss * np.log1p(np.exp(pairs).sum())
+        expected += ranking_loss * cosent_float64(out, score, weights)
     got = distillation_loss(jnp.asarray(out, jnp.float32), {"teacher": jnp.asarray(score, jnp.float32),
                                                             "weights": weights}, "sts", config)
     assert float(got) == pytest.approx(expected, rel=1e-5)

@@ -164,15 +164,21 @@ def test_student_row_after_its_teacher_rows_and_file(tiny_encoder, small_data, t
     assert config["teachers"] == f"sts={teacher}"
 
 
-def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
-    """The Paired differences table against a hand computation: seeds pair by position in each setup's rows."""
+def results_module(name: str):
+    """results/<name>.py loaded as a module (results/ is not a package)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, REPO / "results" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
+    """The Paired differences table against a hand computation: seeds pair by position in each setup's rows."""
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "results" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+    reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
     monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
@@ -190,13 +196,9 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
 
 def test_grad_norms_follow_the_loss_weights_and_the_ranking_term(tiny_encoder, small_data):
     """results/grad_norms.py: a loss weight of 3 on sts triples its norms and leaves sst's; CoSENT adds to sts's."""
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("grad_norms", REPO / "results" / "grad_norms.py")
-    grad_norms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grad_norms)
+    grad_norms = results_module("grad_norms")
     flags = ["--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data), "--tasks", "sst,sts", "--pooling",
              "mean", "--regression-head", "cosine", "--regression-target", "scaled", "--batch-size", "8",
              "--max-length", "32", "--num-buckets", "1", "--dtype", "float32"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL_ROWS
-from tests.helpers import DATA_DIR, InterruptAfter, REPO, devices_env, tiny_config
+from tests.helpers import DATA_DIR, InterruptAfter, REPO, cosent_float64, devices_env, tiny_config
 from train import cli as train_config
 from data.tasks import registry
 from train import epochs, evaluate, loop, main, metrics, predict
@@ -208,12 +208,6 @@ def test_ordinal_loss_matches_float64():
     np.testing.assert_allclose(np.asarray(squared_emd(confident, np.array([0, 0]))), [1.0, 2.0], rtol=1e-5)
 
 
-def _cosent_float64(scores, labels, weights, scale=20.0):
-    terms = [scale * (scores[j] - scores[i]) for i in range(len(scores)) for j in range(len(scores))
-             if weights[i] and weights[j] and labels[i] > labels[j]]
-    return np.log1p(np.exp(terms).sum())
-
-
 def test_cosent_matches_float64():
     """sts's task loss with --ranking-loss against NumPy float64: the mean squared error over rows of weight 1,
     plus alpha times log(1 + sum over real (i, j) with label_i > label_j of exp(20 (score_j - score_i)));
@@ -223,7 +217,7 @@ def test_cosent_matches_float64():
     rng = np.random.default_rng(3)
     scores, labels = rng.uniform(-1, 1, size=16), rng.integers(0, 6, size=16).astype(np.float64)  # ties
     weights = (np.arange(16) < 13).astype(np.float32)  # 3 padding rows
-    want = _cosent_float64(scores, labels, weights)
+    want = cosent_float64(scores, labels, weights)
     got = cosent(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.float32), weights)
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
     config = TrainConfig(pooling="mean", regression_head="cosine", regression_target="scaled", ranking_loss=0.3)
