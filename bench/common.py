@@ -140,14 +140,16 @@ def _json_default(value):
 
 
 def start_comparison(threads: int, compile_cache: bool) -> list[float]:
-    """Shared set-up of the JAX-vs-PyTorch scripts: torch threads (default: the cores XLA uses), the
-    project's persistent XLA compilation cache (as training uses it), and the load average before."""
+    """Shared set-up of the JAX-vs-PyTorch scripts: torch threads (default: the cores XLA uses), malloc keeping
+    freed memory (as training runs; both libraries allocate through it), the project's persistent XLA compilation
+    cache (as training uses it), and the load average before."""
     import torch
 
-    torch.set_num_threads(threads or num_cores())
-    if compile_cache:
-        from train.run import enable_compilation_cache
+    from train.run import enable_compilation_cache, keep_freed_memory
 
+    torch.set_num_threads(threads or num_cores())
+    keep_freed_memory()
+    if compile_cache:
         enable_compilation_cache(REPO / ".cache" / "jax")
     return load_average()
 

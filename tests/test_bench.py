@@ -134,3 +134,10 @@ def test_bench_trace_tiny(tiny_checkpoint):
     assert [row["variant"] for row in result["rows"]] == ["one jitted layer", "per-layer reference"]
     assert all(row["trace_s"] > 0 and row["run_median_s"] > 0 for row in result["rows"])
     assert result["rows"][1]["vs_reference"] == result["rows"][1]["run_vs_reference"] == 1.0
+
+
+def test_bench_malloc_tiny(tiny_checkpoint):
+    result = run_script("bench_malloc.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", "--rounds", "1",
+                        "--dtype", "float32")
+    assert [row["setting"] for row in result["rows"]] == ["kept", "glibc default"]
+    assert all(row["median_s"] > 0 and row["page_faults_median"] >= 0 for row in result["rows"])

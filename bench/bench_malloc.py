@@ -1,0 +1,103 @@
+"""The task gradient calls with malloc keeping freed memory (train.run.keep_freed_memory) and with glibc's default.
+
+    .venv/bin/python bench/bench_malloc.py [--steps 3] [--rounds 8] [--dtype float32|bfloat16]
+
+glibc maps a block over 32 MiB fresh and unmaps it when freed, so a program that allocates such a block on
+every call (each task gradient's word-embedding gradient: 30522 x 384 float32, 47 MB) pays a page fault per
+4 KiB page each time. The script times the gradient calls of the first `--steps` steps of epoch 0 (one batch
+of each task, as bench_train.py takes them) `--rounds` times in each setting, switching the setting in this
+process (`mallopt`) and alternating which goes first, and prints the medians, their ratio and the minor page
+faults per round. glibc only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import resource
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench import common  # noqa: E402
+
+# glibc's malloc.h, and its defaults (M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB; the mmap threshold then grows
+# with the blocks freed, up to 32 MiB).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
+
+
+def glibc_default() -> None:
+    """Back to glibc's defaults for large blocks, with the freed memory at the heap's top given back."""
+    libc = ctypes.CDLL(None)
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="steps of epoch 0 whose gradient calls are timed")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds per setting")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--preset", default="cosfeat-pcgrad-mean")
+    parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
+    args = parser.parse_args(argv)
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        parser.error("needs glibc's malloc (mallopt)")
+
+    import jax
+    import jax.numpy as jnp
+
+    from train.run import keep_freed_memory
+    from train.step import make_grad_fns
+
+    load_before = common.start_comparison(0, True)
+    run = common.load_run(args.preset, args.init_checkpoint, 32)
+    params = run.init_params()
+    model = run.model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype])
+    grad_fns = make_grad_fns(model, run.config)
+    steps = [jax.device_put(step) for step in common.load_steps(run, args.steps)]
+    key, step_number = jax.random.key(0), common.step_argument()
+
+    def calls() -> None:
+        for step in steps:
+            for task, batch in step.items():
+                jax.block_until_ready(grad_fns[task](params, batch, key, step_number))
+
+    calls()  # compiles (or loads) every program
+    settings = {"kept": keep_freed_memory, "glibc default": glibc_default}
+    seconds = {name: [] for name in settings}
+    faults = {name: [] for name in settings}
+    for round_ in range(args.rounds):
+        for name in (list(settings) if round_ % 2 == 0 else list(settings)[::-1]):
+            settings[name]()
+            before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            calls()
+            seconds[name].append(time.perf_counter() - start)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    keep_freed_memory()
+
+    info = common.machine_info()
+    print(f"{info['cpu']}, {info['cores']} cores, load average {load_before} before / {info['load_average']} after")
+    print(f"{args.dtype}, {args.steps} steps ({len(steps) * len(run.config.tasks)} gradient calls a round), "
+          f"{args.rounds} rounds per setting, alternating")
+    rows = [{"setting": name, "median_s": float(np.median(seconds[name])), "min_s": min(seconds[name]),
+             "max_s": max(seconds[name]), "page_faults_median": int(np.median(faults[name]))} for name in settings]
+    common.print_table(rows, [("setting", "setting", "s"), ("median_s", "median s", ".3f"), ("min_s", "min s", ".3f"),
+                              ("max_s", "max s", ".3f"), ("page_faults_median", "page faults", "d")])
+    ratio = rows[0]["median_s"] / rows[1]["median_s"]
+    print(f"kept / glibc default, medians: {ratio:.3f}")
+    result = {"benchmark": "malloc", "dtype": args.dtype, "steps": args.steps, "rounds": args.rounds, "rows": rows,
+              "seconds": seconds, "kept_over_default": ratio, "machine": info, "load_average_before": load_before}
+    common.emit_json(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
