@@ -235,6 +235,8 @@ BESIDE_RECIPE = {
     "distillation recipe without PCGrad (summed), bfloat16": list(SUMMED),
     "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16": list(RANKED),
 }
+# The setups compared seed by seed with the CoSENT setup's rows.
+BESIDE_RANKED = {"the CoSENT setup with STS taught by three STS seeds, bfloat16": list(STS_ENSEMBLE_TAUGHT)}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
 # range and standard error at every budget where all its rows finished. "separate single-task models" is the
 # teachers: three models, each task scored by its own (SST by the mean of its three seeds' scores).
@@ -242,13 +244,16 @@ SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
     **BESIDE_RECIPE,
+    **BESIDE_RANKED,
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
                                                    for suffix in SEEDS],
 }
 # Setup -> the setup it is compared with seed by seed: their rows, in SEEDS order, share seeds and so data order.
-PAIRED_WITH = {setup: "distillation recipe, bfloat16" for setup in BESIDE_RECIPE}
+PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_RECIPE},
+               **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
+                  for setup in BESIDE_RANKED}}
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
