@@ -4,10 +4,11 @@
 
 glibc maps a block over 32 MiB fresh and unmaps it when freed, so a program that allocates such a block on
 every call (each task gradient's word-embedding gradient: 30522 x 384 float32, 47 MB) pays a page fault per
-4 KiB page each time. The script times the gradient calls of the first `--steps` steps of epoch 0 (one batch
+4 KiB page each time. Both settings here run with the one arena keep_freed_memory sets at the start (threads
+keep their arena); `bench_train.py --glibc-malloc` measures glibc's defaults whole, in a process of its own. The script times the gradient calls of the first `--steps` steps of epoch 0 (one batch
 of each task, as bench_train.py takes them) `--rounds` times in each setting, switching the setting in this
-process (`mallopt`) and alternating which goes first, and prints the medians, their ratio and the minor page
-faults per round. glibc only.
+process (`mallopt`) and alternating which goes first, each timed round after an untimed one in its setting,
+and prints the medians, their ratio and the minor page faults per timed round. glibc only.
 """
 
 from __future__ import annotations
@@ -25,20 +26,6 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-
-# glibc's malloc.h, and its defaults (M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB; the mmap threshold then grows
-# with the blocks freed, up to 32 MiB).
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
-
-
-def glibc_default() -> None:
-    """Back to glibc's defaults for large blocks, with the freed memory at the heap's top given back."""
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-    libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-    libc.malloc_trim(0)
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,12 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
                 jax.block_until_ready(grad_fns[task](params, batch, key, step_number))
 
     calls()  # compiles (or loads) every program
-    settings = {"kept": keep_freed_memory, "glibc default": glibc_default}
+    settings = {"kept": keep_freed_memory, "glibc default": common.glibc_malloc_default}
     seconds = {name: [] for name in settings}
     faults = {name: [] for name in settings}
     for round_ in range(args.rounds):
         for name in (list(settings) if round_ % 2 == 0 else list(settings)[::-1]):
             settings[name]()
+            calls()  # untimed: kept memory is back at the heap's peak, as in a run's steps after its first
             before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             calls()
             seconds[name].append(time.perf_counter() - start)

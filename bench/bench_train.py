@@ -367,12 +367,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "does: the warm-up then measures cold compilation")
     parser.add_argument("--update-repeats", type=int, default=20,
                         help="interleaved timings of the JAX updates alone (summed vs PCGrad) on the same gradients")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="both libraries with glibc's malloc defaults, not keeping freed memory as training does "
+                             "(train.run.keep_freed_memory)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
     import torch
 
-    load_before = common.start_comparison(args.threads, not args.no_compile_cache)
+    load_before = common.start_comparison(args.threads, not args.no_compile_cache, args.glibc_malloc)
     preset = None if args.preset in ("none", "") else args.preset
     run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout,
                           encoder_chunks=args.encoder_chunks)
@@ -395,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"preset {preset}, batch {args.batch_size} per task, tasks {','.join(run.config.tasks)}, "
           f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'} "
           f"(JAX keys {args.prng}, encoder chunks {run.model.encoder_chunks}), "
-          f"{common.nonembedding_params(run.bert_config) / 1e6:.2f}M non-embedding parameters")
+          f"{common.nonembedding_params(run.bert_config) / 1e6:.2f}M non-embedding parameters, malloc "
+          f"{'glibc default' if args.glibc_malloc else 'keeping freed memory'}")
     common.print_table(rows, [
         ("variant", "variant", "s"), ("examples_per_s", "ex/s", ".1f"), ("step_ms_median", "step ms", ".0f"),
         ("vs_torch_eager", "vs torch", ".2f"), ("pcgrad_over_sum", "pcg/sum", ".2f"),
@@ -433,6 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": len(steps),
         "dropout": not args.no_dropout,
         "compile_cache": not args.no_compile_cache,
+        "malloc": "glibc default" if args.glibc_malloc else "kept (train.run.keep_freed_memory)",
         "prng": args.prng,
         "encoder_chunks": run.model.encoder_chunks,
         "nonembedding_params": common.nonembedding_params(run.bert_config),

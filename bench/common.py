@@ -16,6 +16,7 @@ implementation must do); "fed" counts use the padded length of the batch (the wo
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
 import os
@@ -139,19 +140,30 @@ def _json_default(value):
 # --------------------------------------------------------------------------- set-up
 
 
-def start_comparison(threads: int, compile_cache: bool) -> list[float]:
+def start_comparison(threads: int, compile_cache: bool, glibc_malloc: bool = False) -> list[float]:
     """Shared set-up of the JAX-vs-PyTorch scripts: torch threads (default: the cores XLA uses), malloc keeping
-    freed memory (as training runs; both libraries allocate through it), the project's persistent XLA compilation
-    cache (as training uses it), and the load average before."""
+    freed memory as training runs (both libraries allocate through it; `glibc_malloc`: glibc's defaults), the
+    project's persistent XLA compilation cache (as training uses it), and the load average before."""
     import torch
 
     from train.run import enable_compilation_cache, keep_freed_memory
 
     torch.set_num_threads(threads or num_cores())
-    keep_freed_memory()
+    if not glibc_malloc:
+        keep_freed_memory()
     if compile_cache:
         enable_compilation_cache(REPO / ".cache" / "jax")
     return load_average()
+
+
+def glibc_malloc_default() -> None:
+    """Undoes train.run.keep_freed_memory for large blocks: glibc's defaults (mmap up to 65536 of them, freed memory
+    over 128 KiB at the heap's top given back, which this does now too). The one arena stays: threads keep the
+    arena they were given. glibc only."""
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-4, 65536)  # M_MMAP_MAX
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
 
 
 def add_encoder_chunks_argument(parser) -> None:

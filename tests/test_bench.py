@@ -81,7 +81,9 @@ def test_bench_padding():
 
 
 def test_bench_train_tiny(tiny_checkpoint):
-    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", *PEAK_ARGS)
+    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", "--glibc-malloc",
+                        *PEAK_ARGS)
+    assert result["malloc"] == "glibc default"
     names = {row["name"] for row in result["rows"]}
     assert names == {"jax sum", "jax pcgrad", "torch eager sum", "torch eager pcgrad"}
     assert all(row["examples_per_s"] > 0 for row in result["rows"])

@@ -61,18 +61,20 @@ def enable_compilation_cache(directory: Path = Path(".cache/jax")) -> None:
 
 
 def keep_freed_memory() -> None:
-    """Has glibc's malloc serve every block from its heap and keep what is freed there. By default a block over
-    32 MiB (the word-embedding gradient of every task call: 30522 x 384 float32, 47 MB) is mapped fresh and
-    unmapped when freed, so each call pays a page fault per 4 KiB page while zero-filling it: the task gradient
-    calls take 0.91 of the time without that (docs/benchmarks.md). The heap then stays at the run's peak size.
-    Does nothing where the C library has no `mallopt` (not glibc)."""
+    """Has glibc's malloc serve every block from one heap and keep what is freed there. Call it before the first
+    JAX computation. By default a block over 32 MiB (the word-embedding gradient of every task call: 30522 x 384
+    float32, 47 MB) is mapped fresh and unmapped when freed, and so is a thread's whole arena once all of it is
+    free: each gradient call page-faults in every page of its buffers again (docs/benchmarks.md has the
+    figures). The heap then stays at the run's peak size. Does nothing where the C library has no `mallopt`
+    (not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_MAX, 0)
         mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        mallopt(_M_ARENA_MAX, 1)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 
 
 def ensure_init_checkpoint(path: str) -> Path:
