@@ -67,7 +67,10 @@ def keep_freed_memory() -> None:
     free: each gradient call page-faults in every page of its buffers again (docs/benchmarks.md has the
     figures). The heap then stays at the run's peak size. Does nothing where the C library has no `mallopt`
     (not glibc)."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # no C library loadable by name None (Windows)
+        return
     if mallopt is not None:
         mallopt(_M_MMAP_MAX, 0)
         mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
