@@ -4,11 +4,12 @@
 
 glibc maps a block over 32 MiB fresh and unmaps it when freed, so a program that allocates such a block on
 every call (each task gradient's word-embedding gradient: 30522 x 384 float32, 47 MB) pays a page fault per
-4 KiB page each time. Both settings here run with the one arena keep_freed_memory sets at the start (threads
-keep their arena); `bench_train.py --glibc-malloc` measures glibc's defaults whole, in a process of its own. The script times the gradient calls of the first `--steps` steps of epoch 0 (one batch
+4 KiB page each time. The script times the gradient calls of the first `--steps` steps of epoch 0 (one batch
 of each task, as bench_train.py takes them) `--rounds` times in each setting, switching the setting in this
 process (`mallopt`) and alternating which goes first, each timed round after an untimed one in its setting,
-and prints the medians, their ratio and the minor page faults per timed round. glibc only.
+and prints the medians, their ratio and the minor page faults per timed round. Both settings run with the one
+arena keep_freed_memory sets at the start (threads keep their arena); `bench_train.py --glibc-malloc` measures
+glibc's defaults whole, in a process of its own. glibc only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -160,9 +160,11 @@ def glibc_malloc_default() -> None:
     """Undoes train.run.keep_freed_memory for large blocks: glibc's defaults (mmap up to 65536 of them, freed memory
     over 128 KiB at the heap's top given back, which this does now too). The one arena stays: threads keep the
     arena they were given. glibc only."""
+    from train.run import M_MMAP_MAX, M_TRIM_THRESHOLD
+
     libc = ctypes.CDLL(None)
-    libc.mallopt(-4, 65536)  # M_MMAP_MAX
-    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    libc.mallopt(M_MMAP_MAX, 65536)
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
     libc.malloc_trim(0)
 
 

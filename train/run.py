@@ -72,12 +72,12 @@ def keep_freed_memory() -> None:
     except (OSError, TypeError):  # no C library loadable by name None (Windows)
         return
     if mallopt is not None:
-        mallopt(_M_MMAP_MAX, 0)
-        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-        mallopt(_M_ARENA_MAX, 1)
+        mallopt(M_MMAP_MAX, 0)
+        mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        mallopt(M_ARENA_MAX, 1)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt's parameters, glibc's malloc.h
 
 
 def ensure_init_checkpoint(path: str) -> Path:
