@@ -137,7 +137,7 @@ STS_ENSEMBLE_TAUGHT = {f"{RECIPE}-cosent0.02-sts3-bf16{suffix}": [
     for flag in RANKED[f"{RECIPE}-cosent0.02-bf16{suffix}"]] for suffix in SEEDS}
 # The CoSENT setup started from the encoder fine-tuned on CFIMDB (cfimdb-finetune-bf16, ENCODER_FROM): whether the
 # CFIMDB start, which lifted sentiment without teachers (over three seeds at 5 x 10,000: 0.490 against 0.483 for
-# ...-ema995, 0.496 against 0.491 with R-Drop 0.5), still adds once every task learns from a teacher.
+# ...-ema995; with R-Drop 0.5, 0.496 against one seed's 0.491), still adds once every task learns from a teacher.
 CFIMDB_RANKED = {f"{RECIPE}-cosent0.02-cfimdbinit-bf16{suffix}": RANKED[f"{RECIPE}-cosent0.02-bf16{suffix}"]
                  for suffix in SEEDS}
 # Row name -> (train.main flags, what the reference report measured on BERT-base dev).
