@@ -14,7 +14,6 @@ import signal
 import sys
 from pathlib import Path
 
-import jax
 
 from data.atomic import atomic_write
 
@@ -24,8 +23,7 @@ from .distributed import barrier, is_main_process, main_process_first
 from .epochs import Epochs, say, state_dict
 from .interrupts import InterruptFlag, exit_interrupted
 from .progress import Progress
-from .run import (Run, RunError, enable_compilation_cache, ensure_init_checkpoint, finish_run, keep_freed_memory,
-                  resolved_dtype)
+from .run import Run, RunError, ensure_init_checkpoint, finish_run, resolved_dtype, set_up_process
 from .step import TrainState, learning_rate, make_grad_fns, make_optimizer, make_update, placed_state
 from .tensorboard import EventLog
 
@@ -78,8 +76,7 @@ def _resumed(run_dir: Path, config: TrainConfig, progress: Progress) -> str:
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> dict:
-    enable_compilation_cache()
-    keep_freed_memory()
+    set_up_process()
     config = resolved_dtype(config)  # config.json holds the dtype the run computes in
     if not resume and (run_dir / "config.json").exists():
         raise RunError(f"{run_dir} holds a run already: continue it with --resume {run_dir} "

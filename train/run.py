@@ -40,9 +40,8 @@ from .plots import plot_curves
 from .predictor import Predictor
 
 __all__ = ["RunError", "Run", "DEFAULT_CHECKPOINT", "enable_compilation_cache", "keep_freed_memory",
-           "ensure_init_checkpoint",
-           "native_bfloat16", "resolved_dtype", "read_metrics", "best_params", "save_checkpoint", "save_best",
-           "finish_run", "load_run"]
+           "set_up_process", "ensure_init_checkpoint", "native_bfloat16", "resolved_dtype", "read_metrics",
+           "best_params", "save_checkpoint", "save_best", "finish_run", "load_run"]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/minilm-l6")
 
@@ -78,6 +77,13 @@ def keep_freed_memory() -> None:
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt's parameters, glibc's malloc.h
+
+
+def set_up_process() -> None:
+    """What every process that trains or evaluates sets before its first JAX computation: the persistent
+    compilation cache and malloc keeping freed memory."""
+    enable_compilation_cache()
+    keep_freed_memory()
 
 
 def ensure_init_checkpoint(path: str) -> Path:
@@ -338,8 +344,7 @@ def finish_run(run: Run, run_dir: Path, plot=plot_curves) -> dict:
 def load_run(run_dir: Path, quiet: bool = False) -> tuple[Run, dict]:
     """A finished run's Run object (`quiet`: plain lines instead of progress bars) and best parameters (for
     evaluation and prediction)."""
-    enable_compilation_cache()
-    keep_freed_memory()
+    set_up_process()
     if not (run_dir / "config.json").exists():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     config = TrainConfig.from_json(run_dir / "config.json")
