@@ -3,6 +3,7 @@ user's own task trains beside them, and bad declarations get one line naming the
 
 import itertools
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from data.input_pipeline import length_sorted_batches
-from data.tasks import DataError, load_task_file, registry
+from data.tasks import DataError, MalformedRowWarning, load_task_file, registry
 from train import evaluate, loop, main, predict
 from tests.helpers import tiny_config
 from train.run import Run, read_metrics
@@ -154,9 +155,15 @@ def test_labels_outside_the_declaration_are_skipped_with_their_line(small_data, 
     spec = load_task_file(toml)["mysts"]
     from data.tasks import read_rows
 
-    with pytest.warns(UserWarning, match=r"train\.tsv: line \d+ \(id \d+\): label '[\d.]+' outside \[0.0, 4.0\]"):
+    with pytest.warns(MalformedRowWarning) as caught:
         rows = read_rows(spec.files["train"], spec)
     assert all(rows.labels <= 4)
+    *per_row, summary = [str(w.message) for w in caught]
+    assert per_row and all(re.fullmatch(r".*train\.tsv: line \d+ \(id \d+\): label '[\d.]+' outside \[0.0, 4.0\]; "
+                                        r"row skipped", message) for message in per_row)
+    loaded = len(rows.labels)
+    assert summary == (f"{spec.files['train']}: skipped {len(per_row)} malformed row(s) of {loaded + len(per_row)}; "
+                       f"{loaded} loaded")
 
 
 def test_jsonl_and_csv_files_read_like_tsv(tmp_path):
