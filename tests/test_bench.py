@@ -80,10 +80,12 @@ def test_bench_padding():
         assert overall["bucketed_ratio"] >= overall["longest_ratio"] >= overall["longest_per_side_ratio"] >= 1.0
 
 
-def test_bench_train_tiny(tiny_checkpoint):
-    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", "--glibc-malloc",
+@pytest.mark.parametrize("malloc_flags, malloc", [((), "kept (train.run.keep_freed_memory)"),
+                                                  (("--glibc-malloc",), "glibc default")])
+def test_bench_train_tiny(tiny_checkpoint, malloc_flags, malloc):
+    result = run_script("bench_train.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1", *malloc_flags,
                         *PEAK_ARGS)
-    assert result["malloc"] == "glibc default"
+    assert result["malloc"] == malloc
     names = {row["name"] for row in result["rows"]}
     assert names == {"jax sum", "jax pcgrad", "torch eager sum", "torch eager pcgrad"}
     assert all(row["examples_per_s"] > 0 for row in result["rows"])
