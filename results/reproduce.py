@@ -102,14 +102,19 @@ TEACHER_FILES = {
 }
 
 
-def teacher_flags(directory: str) -> list[str]:
-    """--teacher TASK=FILE for every teacher file in `directory`."""
+def teacher_flags(directory: str, **files: str) -> list[str]:
+    """--teacher TASK=FILE for every teacher file in `directory`, with `files[TASK]` in place of the task's file
+    there."""
     return [flag for path, (task, *_) in TEACHER_FILES.items() if str(Path(path).parent) == directory
-            for flag in ("--teacher", f"{task}={path}")]
+            for flag in ("--teacher", f"{task}={files.get(task, path)}")]
 
 
-DISTILLED = {f"{RECIPE}{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers"),
-                                    "--teacher-annealing", *seed] for suffix, seed in SEEDS.items()}
+def distilled(seed: list[str], **files: str) -> list[str]:
+    """The distillation recipe's flags for one seed; `files`: teacher files in place of results/teachers/ ones."""
+    return [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers", **files), "--teacher-annealing", *seed]
+
+
+DISTILLED = {f"{RECIPE}{suffix}": distilled(seed) for suffix, seed in SEEDS.items()}
 SELF_DISTILLED = {f"self-{RECIPE}-bf16{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
                                                   "--teacher-annealing", "--dtype", "bfloat16", *seed]
                   for suffix, seed in SEEDS.items()}
@@ -128,10 +133,11 @@ FIXED_WEIGHT = {f"distill-paracross-cosine-scaled-lr5e-5-ema995-rdrop1-tw0.5-bf1
     *seed] for suffix, seed in SEEDS.items()}
 
 
-def ranked(weight: str) -> dict[str, list[str]]:
-    """The distillation recipe in bfloat16 with CoSENT on STS at `weight`: row name -> flags, one row per seed."""
-    return {f"{RECIPE}-cosent{weight}-bf16{suffix}": [*DISTILLED[f"{RECIPE}{suffix}"], "--ranking-loss", weight,
-                                                      "--dtype", "bfloat16"] for suffix in SEEDS}
+def ranked(weight: str, tag: str = "", **files: str) -> dict[str, list[str]]:
+    """The distillation recipe in bfloat16 with CoSENT on STS at `weight` (`files`: teacher files in place of
+    results/teachers/ ones, `tag` naming them): row name -> flags, one row per seed."""
+    return {f"{RECIPE}-cosent{weight}{tag}-bf16{suffix}": [*distilled(seed, **files), "--ranking-loss", weight,
+                                                           "--dtype", "bfloat16"] for suffix, seed in SEEDS.items()}
 
 
 # STS loses 0.017 to its teacher in every setup, and its encoder gradient is about 5x smaller than the other tasks'
@@ -139,9 +145,7 @@ def ranked(weight: str) -> dict[str, list[str]]:
 # so that the term's encoder gradient on those batches (norm 48-147 at weight 1) is about the other tasks'.
 RANKED = ranked("0.02")
 # The CoSENT setup with STS taught by the three-seed STS teacher in place of the one-seed one.
-STS_ENSEMBLE_TAUGHT = {f"{RECIPE}-cosent0.02-sts3-bf16{suffix}": [
-    f"sts={STS_ENSEMBLE}" if flag == "sts=results/teachers/sts.npz" else flag
-    for flag in RANKED[f"{RECIPE}-cosent0.02-bf16{suffix}"]] for suffix in SEEDS}
+STS_ENSEMBLE_TAUGHT = ranked("0.02", "-sts3", sts=STS_ENSEMBLE)
 # The CoSENT setup started from the encoder fine-tuned on CFIMDB (cfimdb-finetune-bf16, ENCODER_FROM): whether the
 # CFIMDB start, which lifted sentiment without teachers (over three seeds at 5 x 10,000: 0.490 against 0.483 for
 # ...-ema995; with R-Drop 0.5, 0.496 against one seed's 0.491), still adds once every task learns from a teacher.
