@@ -14,7 +14,6 @@ import signal
 import sys
 from pathlib import Path
 
-
 from data.atomic import atomic_write
 
 from . import checkpointing
