@@ -278,6 +278,8 @@ SETUPS = {
 PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_RECIPE},
                **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
                   for setup in BESIDE_RANKED}}
+# Setup -> (budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
+PAIRED_ACROSS_BUDGETS = {"the CoSENT setup with STS taught by three STS seeds, bfloat16": ("5x10000", "3x10000")}
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
@@ -523,21 +525,25 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
 
 
 def paired_table(scores: dict, finished: dict) -> list[str]:
-    """The PAIRED_WITH table: per budget where both setups' rows all finished, the mean and standard error of the
-    per-seed differences (setup minus the setup it is compared with), and the overall difference of each seed."""
+    """The PAIRED_WITH and PAIRED_ACROSS_BUDGETS table: where both sides' rows all finished, the mean and standard
+    error of the per-seed differences (setup minus what it is compared with), and the overall difference of each
+    seed."""
+    comparisons = [(tag, setup, base, [((tag, ours), (tag, theirs))
+                                       for ours, theirs in zip(SETUPS[setup], SETUPS[base])])
+                   for tag in budgets() for setup, base in PAIRED_WITH.items()]
+    comparisons += [(tag, setup, f"the same setup at {smaller}",
+                     [((tag, row), (smaller, row)) for row in SETUPS[setup]])
+                    for setup, (tag, smaller) in PAIRED_ACROSS_BUDGETS.items()]
     table = []
-    for tag in budgets():
-        for setup, base in PAIRED_WITH.items():
-            rows = list(zip(SETUPS[setup], SETUPS[base]))
-            if not all(finished.get((tag, name)) for pair in rows for name in pair):
-                continue
-            cells = []
-            for metric in ("sst", "para", "sts", "overall"):
-                diffs = [scores[tag, name][metric] - scores[tag, other][metric] for name, other in rows]
-                cells.append(f"{np.mean(diffs):+.3f} ±{np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.3f}")
-            each = " / ".join(f"{scores[tag, name]['overall'] - scores[tag, other]['overall']:+.3f}"
-                              for name, other in rows)
-            table.append(f"| {tag} | {setup} | {base} | {len(rows)} | {' | '.join(cells)} | {each} |")
+    for tag, setup, base, pairs in comparisons:
+        if not all(finished.get(key) for pair in pairs for key in pair):
+            continue
+        cells = []
+        for metric in ("sst", "para", "sts", "overall"):
+            diffs = [scores[ours][metric] - scores[theirs][metric] for ours, theirs in pairs]
+            cells.append(f"{np.mean(diffs):+.3f} ±{np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.3f}")
+        each = " / ".join(f"{scores[ours]['overall'] - scores[theirs]['overall']:+.3f}" for ours, theirs in pairs)
+        table.append(f"| {tag} | {setup} | {base} | {len(pairs)} | {' | '.join(cells)} | {each} |")
     if not table:
         return []
     return ["", "## Paired differences: mean ± standard error of the per-seed differences", "",
