@@ -257,8 +257,10 @@ BESIDE_RECIPE = {
     "distillation recipe without PCGrad (summed), bfloat16": list(SUMMED),
     "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16": list(RANKED),
 }
+# The final recipe's setup (STS_ENSEMBLE_TAUGHT) as the summary tables name it.
+STS_ENSEMBLE_SETUP = "the CoSENT setup with STS taught by three STS seeds, bfloat16"
 # The setups compared seed by seed with the CoSENT setup's rows.
-BESIDE_RANKED = {"the CoSENT setup with STS taught by three STS seeds, bfloat16": list(STS_ENSEMBLE_TAUGHT),
+BESIDE_RANKED = {STS_ENSEMBLE_SETUP: list(STS_ENSEMBLE_TAUGHT),
                  "the CoSENT setup started from the CFIMDB-tuned encoder, bfloat16": list(CFIMDB_RANKED),
                  "the CoSENT setup at weight 0.05 (--ranking-loss 0.05), bfloat16": list(HEAVIER_RANKED)}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
@@ -279,7 +281,7 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
                **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
                   for setup in BESIDE_RANKED}}
 # Setup -> (budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
-PAIRED_ACROSS_BUDGETS = {"the CoSENT setup with STS taught by three STS seeds, bfloat16": ("5x10000", "3x10000")}
+PAIRED_ACROSS_BUDGETS = {STS_ENSEMBLE_SETUP: ("5x10000", "3x10000")}
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
