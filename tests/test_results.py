@@ -181,7 +181,7 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
     reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
-    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", {})
+    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [])
     monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
     overall = {"b1": 0.70, "b2": 0.74, "b3": 0.72, "n1": 0.71, "n2": 0.74, "n3": 0.75}
     scores = {("2x10", name): {"sst": 0.5, "para": 0.8, "sts": 0.85, "overall": value}
@@ -200,7 +200,7 @@ def test_a_setup_is_paired_with_itself_at_a_smaller_budget(monkeypatch):
     reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "SETUPS", {"new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {})
-    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", {"new": ("5x10", "3x10")})
+    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [("new", "5x10", "3x10")])
     overall = {("3x10", "n1"): 0.70, ("3x10", "n2"): 0.74, ("3x10", "n3"): 0.72,
                ("5x10", "n1"): 0.72, ("5x10", "n2"): 0.75, ("5x10", "n3"): 0.72}
     scores = {key: {"sst": 0.5, "para": 0.8 + value, "sts": 0.85, "overall": value} for key, value in overall.items()}
