@@ -297,8 +297,8 @@ ROW_POOL = ["--pool-batches", "64"]
 # default (--dtype auto) picks on the machine at hand.
 ROW_DTYPE = ["--dtype", "float32"]
 # Whose test predictions go to results/best/: the first of these (row, budget) that finished, each named before it
-# ran: the final recipe's default seed, then those of the setups that were the final recipe before it,
-# then the distillation recipe's default seed at 2 x 10,000. The final recipe was the CoSENT setup (RANKED) until a
+# ran: the final recipe's default seed, then the same row at smaller budgets and the default seeds of the setups
+# that were the final recipe before it, then the distillation recipe's default seed at 2 x 10,000. The final recipe was the CoSENT setup (RANKED) until a
 # setup met this rule, stated before its seeds ran: it replaces the final recipe only if its overall dev score beats
 # the CoSENT setup's seed by seed by more than twice the standard error of the paired differences. The CFIMDB-started
 # setup (CFIMDB_RANKED) did not (+0.001 ±0.003). The CoSENT setup taught STS by three STS seeds (STS_ENSEMBLE_TAUGHT),

@@ -196,20 +196,28 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
 
 
 def test_a_setup_is_paired_with_itself_at_a_smaller_budget(monkeypatch):
-    """PAIRED_ACROSS_BUDGETS: each row at the larger budget minus the same row at the smaller one."""
+    """PAIRED_ACROSS_BUDGETS: each row at the larger budget minus the same row at the smaller one, for each
+    comparison of the list (one setup at several budgets)."""
     reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "SETUPS", {"new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {})
-    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [("new", "5x10", "3x10")])
+    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [("new", "5x10", "3x10"), ("new", "7x10", "5x10")])
     overall = {("3x10", "n1"): 0.70, ("3x10", "n2"): 0.74, ("3x10", "n3"): 0.72,
-               ("5x10", "n1"): 0.72, ("5x10", "n2"): 0.75, ("5x10", "n3"): 0.72}
+               ("5x10", "n1"): 0.72, ("5x10", "n2"): 0.75, ("5x10", "n3"): 0.72,
+               ("7x10", "n1"): 0.71, ("7x10", "n2"): 0.78, ("7x10", "n3"): 0.75}
     scores = {key: {"sst": 0.5, "para": 0.8 + value, "sts": 0.85, "overall": value} for key, value in overall.items()}
     finished = {key: True for key in scores}
-    row = reproduce.paired_table(scores, finished)[-1].split(" | ")
+    *_, five, seven = reproduce.paired_table(scores, finished)
+    row = five.split(" | ")
     assert row[:4] == ["| 5x10", "new", "the same setup at 3x10", "3"]
     assert row[5] == row[7] == "+0.010 ±0.006" and row[4] == "+0.000 ±0.000"
     assert row[8] == "+0.020 / +0.010 / +0.000 |"
+    row = seven.split(" | ")
+    assert row[:4] == ["| 7x10", "new", "the same setup at 5x10", "3"]
+    assert row[7] == "+0.017 ±0.013" and row[8] == "-0.010 / +0.030 / +0.030 |"
     finished["3x10", "n2"] = False
+    assert [line.split(" | ")[0] for line in reproduce.paired_table(scores, finished) if " | " in line][-1] == "| 7x10"
+    finished["7x10", "n3"] = False
     assert reproduce.paired_table(scores, finished) == []
 
 
