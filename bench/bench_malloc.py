@@ -40,25 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not hasattr(ctypes.CDLL(None), "mallopt"):
         parser.error("needs glibc's malloc (mallopt)")
 
-    import jax
-    import jax.numpy as jnp
-
     from train.run import keep_freed_memory
-    from train.step import make_grad_fns
 
     load_before = common.start_comparison(0, True)
     run = common.load_run(args.preset, args.init_checkpoint, 32)
-    params = run.init_params()
-    model = run.model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype])
-    grad_fns = make_grad_fns(model, run.config)
-    steps = [jax.device_put(step) for step in common.load_steps(run, args.steps)]
-    key, step_number = jax.random.key(0), common.step_argument()
-
-    def calls() -> None:
-        for step in steps:
-            for task, batch in step.items():
-                jax.block_until_ready(grad_fns[task](params, batch, key, step_number))
-
+    calls = common.gradient_calls(run, args.dtype, args.steps)
     calls()  # compiles (or loads) every program
     settings = {"kept": keep_freed_memory, "glibc default": common.glibc_malloc_default}
     seconds = {name: [] for name in settings}
@@ -75,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     info = common.machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, load average {load_before} before / {info['load_average']} after")
-    print(f"{args.dtype}, {args.steps} steps ({len(steps) * len(run.config.tasks)} gradient calls a round), "
+    print(f"{args.dtype}, {args.steps} steps ({args.steps * len(run.config.tasks)} gradient calls a round), "
           f"{args.rounds} rounds per setting, alternating")
     rows = [{"setting": name, "median_s": float(np.median(seconds[name])), "min_s": min(seconds[name]),
              "max_s": max(seconds[name]), "page_faults_median": int(np.median(faults[name]))} for name in settings]

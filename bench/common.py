@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +206,31 @@ def step_argument():
     import jax.numpy as jnp
 
     return jnp.zeros((), jnp.int32)
+
+
+def gradient_calls(run, dtype_name: str, steps: int):
+    """A function running the task gradient calls of the first `steps` steps of epoch 0 (one batch of each task, as
+    bench_train.py takes them) in `dtype_name`, on the run's initial parameters with an rbg key as train/loop.py
+    uses, and returning their seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from train.step import make_grad_fns
+
+    params = run.init_params()
+    model = run.model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name])
+    grad_fns = make_grad_fns(model, run.config)
+    batches = [jax.device_put(step) for step in load_steps(run, steps)]
+    key, step_number = jax.random.key(0, impl="rbg"), step_argument()
+
+    def calls() -> float:
+        start = time.perf_counter()
+        for step in batches:
+            for task, batch in step.items():
+                jax.block_until_ready(grad_fns[task](params, batch, key, step_number))
+        return time.perf_counter() - start
+
+    return calls
 
 
 def load_steps(run, count: int, start: int = 0) -> list[dict]:

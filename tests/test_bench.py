@@ -145,3 +145,21 @@ def test_bench_malloc_tiny(tiny_checkpoint):
                         "--dtype", "float32")
     assert [row["setting"] for row in result["rows"]] == ["kept", "glibc default"]
     assert all(row["median_s"] > 0 and row["page_faults_median"] >= 0 for row in result["rows"])
+
+
+def test_bench_profile_tiny(tiny_checkpoint):
+    result = run_script("bench_profile.py", "--init-checkpoint", str(tiny_checkpoint), "--steps", "1",
+                        "--dtype", "float32")
+    assert result["benchmark"] == "profile" and result["wall_s"] > 0 and result["thunk_s"] > 0
+    assert result["rows"][0]["kind"] == "products" and 0 < result["products_share"] <= 1
+    assert result["rows"][0]["share"] == result["products_share"]
+    assert sum(row["share"] for row in result["rows"]) <= 1 + 1e-9  # the top kinds: a part of the whole
+    assert not any(row["kind"].startswith(("ThunkExecutor", "products.")) for row in result["rows"][1:])
+
+
+def test_thunk_kinds_group_products_and_fusion_numbers():
+    from bench.bench_profile import thunk_kind
+
+    assert [thunk_kind(n) for n in ("ynn_fusion.226", "dot.3", "xnn_fusion", "add_convert_fusion.12",
+                                    "wrapped_convert")] == ["products", "products", "products",
+                                                            "add_convert_fusion", "wrapped_convert"]
