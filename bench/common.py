@@ -218,7 +218,7 @@ def gradient_calls(run, dtype_name: str, steps: int):
     from train.step import make_grad_fns
 
     params = run.init_params()
-    model = run.model.clone(dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name])
+    model = run.model.clone(dtype=jnp.dtype(dtype_name))
     grad_fns = make_grad_fns(model, run.config)
     batches = [jax.device_put(step) for step in load_steps(run, steps)]
     key, step_number = jax.random.key(0, impl="rbg"), step_argument()

@@ -297,21 +297,21 @@ ROW_POOL = ["--pool-batches", "64"]
 # default (--dtype auto) picks on the machine at hand.
 ROW_DTYPE = ["--dtype", "float32"]
 # Whose test predictions go to results/best/: the first of these (row, budget) that finished, each named before it
-# ran: the final recipe's default seed, then the same row at smaller budgets and the default seeds of the setups
-# that were the final recipe before it, then the distillation recipe's default seed at 2 x 10,000. The final recipe was the CoSENT setup (RANKED) until a
-# setup met this rule, stated before its seeds ran: it replaces the final recipe only if its overall dev score beats
-# the CoSENT setup's seed by seed by more than twice the standard error of the paired differences. The CFIMDB-started
-# setup (CFIMDB_RANKED) did not (+0.001 ±0.003). The CoSENT setup taught STS by three STS seeds (STS_ENSEMBLE_TAUGHT),
-# its rule stated before its seeds ran at 3 x 10,000 (where the CoSENT setup's STS, 0.873, had reached its one-seed
-# teacher's), did: +0.0011 ±0.0005, higher on every seed; it is the final recipe. The CoSENT setup at weight 0.05
-# (HEAVIER_RANKED) runs at 2 x 10,000 first; it goes on to 3 x 10,000, and the rule against the final recipe there,
-# only if it beats the CoSENT setup at 2 x 10,000 by the same margin. The final recipe at 5 x 10,000 (paraphrase rose
-# from 0.830 at 2 epochs to 0.838 at 3) replaces its 3 x 10,000 rows here only if it beats them seed by seed by the
-# same margin: more than twice the standard error of the paired differences of overall dev. It did (+0.0031
-# ±0.0008, higher on every seed; PAIRED_ACROSS_BUDGETS): the final recipe became STS_ENSEMBLE_TAUGHT at 5 x 10,000.
-# The same rows at 7 x 10,000 (overall still rose from epoch 4 to epoch 5 on two of three seeds, STS on all three)
-# replace them here only if they beat the 5 x 10,000 rows seed by seed by the same margin. They did (+0.0029
-# ±0.0009, higher on every seed): the final recipe is STS_ENSEMBLE_TAUGHT at 7 x 10,000.
+# ran: the final recipe's default seed, then the same row at smaller budgets and the default seeds of the setups that
+# were the final recipe before it, then the distillation recipe's default seed at 2 x 10,000. The final recipe was the
+# CoSENT setup (RANKED) until a setup met this rule, stated before its seeds ran: it replaces the final recipe only if
+# its overall dev score beats the CoSENT setup's seed by seed by more than twice the standard error of the paired
+# differences. The CFIMDB-started setup (CFIMDB_RANKED) did not (+0.001 ±0.003). The CoSENT setup taught STS by three
+# STS seeds (STS_ENSEMBLE_TAUGHT), its rule stated before its seeds ran at 3 x 10,000 (where the CoSENT setup's STS,
+# 0.873, had reached its one-seed teacher's), did: +0.0011 ±0.0005, higher on every seed; it is the final recipe. The
+# CoSENT setup at weight 0.05 (HEAVIER_RANKED) runs at 2 x 10,000 first; it goes on to 3 x 10,000, and the rule
+# against the final recipe there, only if it beats the CoSENT setup at 2 x 10,000 by the same margin. The final recipe
+# at 5 x 10,000 (paraphrase rose from 0.830 at 2 epochs to 0.838 at 3) replaces its 3 x 10,000 rows here only if it
+# beats them seed by seed by the same margin: more than twice the standard error of the paired differences of overall
+# dev. It did (+0.0031 ±0.0008, higher on every seed; PAIRED_ACROSS_BUDGETS): the final recipe became
+# STS_ENSEMBLE_TAUGHT at 5 x 10,000. The same rows at 7 x 10,000 (overall still rose from epoch 4 to epoch 5 on two of
+# three seeds, STS on all three) replace them here only if they beat the 5 x 10,000 rows seed by seed by the same
+# margin. They did (+0.0029 ±0.0009, higher on every seed): the final recipe is STS_ENSEMBLE_TAUGHT at 7 x 10,000.
 FINAL_ROW = next(iter(STS_ENSEMBLE_TAUGHT))  # the final recipe's default seed
 BEST_ROWS = [(FINAL_ROW, "7x10000"), (FINAL_ROW, "5x10000"), (FINAL_ROW, "3x10000"),
              (f"{RECIPE}-cosent0.02-bf16", "3x10000"), (RECIPE, "2x10000")]
