@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     rate = 0.1 if args.dropout else 0.0
     config = BertConfig(vocab_size=30522, hidden_act=args.hidden_act, hidden_dropout_prob=rate,
                         attention_probs_dropout_prob=rate, **shape)
-    dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[args.dtype]
+    dtype = jnp.dtype(args.dtype)
     model = BertModel(config, dtype=dtype, fused_attention=args.fused_attention)
 
     key = jax.random.key(args.seed)

@@ -190,7 +190,7 @@ def bench_dtype(args, run, steps, tokens, dtype_name: str, peaks: dict) -> tuple
 
     from train.step import make_grad_fns
 
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+    dtype = jnp.dtype(dtype_name)
     params = run.init_params()
     model = run.model.clone(dtype=dtype)
     summed = dataclasses.replace(run.config, pcgrad=False)
