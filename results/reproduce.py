@@ -102,10 +102,15 @@ TEACHER_FILES = {
 }
 
 
+def teacher_files(directory: str) -> dict[str, str]:
+    """Task -> its teacher file in `directory` (of TEACHER_FILES)."""
+    return {task: path for path, (task, *_) in TEACHER_FILES.items() if str(Path(path).parent) == directory}
+
+
 def teacher_flags(directory: str, **files: str) -> list[str]:
     """--teacher TASK=FILE for every teacher file in `directory`, with `files[TASK]` in place of the task's file
     there."""
-    return [flag for path, (task, *_) in TEACHER_FILES.items() if str(Path(path).parent) == directory
+    return [flag for task, path in teacher_files(directory).items()
             for flag in ("--teacher", f"{task}={files.get(task, path)}")]
 
 
@@ -115,9 +120,8 @@ def distilled(seed: list[str], **files: str) -> list[str]:
 
 
 DISTILLED = {f"{RECIPE}{suffix}": distilled(seed) for suffix, seed in SEEDS.items()}
-SELF_DISTILLED = {f"self-{RECIPE}-bf16{suffix}": [*BEST_SETUP, "--rdrop", "1", *teacher_flags("results/teachers/self"),
-                                                  "--teacher-annealing", "--dtype", "bfloat16", *seed]
-                  for suffix, seed in SEEDS.items()}
+SELF_DISTILLED = {f"self-{RECIPE}-bf16{suffix}": [*distilled(seed, **teacher_files("results/teachers/self")),
+                                                  "--dtype", "bfloat16"] for suffix, seed in SEEDS.items()}
 # Setups compared with the recipe's bfloat16 rows, three seeds each in bfloat16. Whether PCGrad still matters once
 # every task learns from a teacher: the recipe with the task gradients summed.
 SUMMED = {f"{RECIPE}-nopcgrad-bf16{suffix}": [*DISTILLED[f"{RECIPE}{suffix}"], "--no-pcgrad", "--dtype", "bfloat16"]
@@ -152,7 +156,7 @@ STS_ENSEMBLE_TAUGHT = ranked("0.02", "-sts3", sts=STS_ENSEMBLE)
 STUDENT_TEACHERS = {f"results/teachers/students/{task}.npz": (task, list(STS_ENSEMBLE_TAUGHT), 7, 10000)
                     for task in TEACHERS}
 TEACHER_FILES.update(STUDENT_TEACHERS)
-BORN_AGAIN = ranked("0.02", "-born2", **{task: path for path, (task, *_) in STUDENT_TEACHERS.items()})
+BORN_AGAIN = ranked("0.02", "-born2", **teacher_files("results/teachers/students"))
 # The CoSENT setup started from the encoder fine-tuned on CFIMDB (cfimdb-finetune-bf16, ENCODER_FROM): whether the
 # CFIMDB start, which lifted sentiment without teachers (over three seeds at 5 x 10,000: 0.490 against 0.483 for
 # ...-ema995; with R-Drop 0.5, 0.496 against one seed's 0.491), still adds once every task learns from a teacher.
