@@ -155,10 +155,10 @@ STS_ENSEMBLE_TAUGHT = ranked("0.02", "-sts3", sts=STS_ENSEMBLE)
 # Born again (Clark et al. 2019), a second generation: the final recipe's three students at 7 x 10,000 teach every
 # task to the same recipe. On dev their mean beat every teacher it replaces: SST 0.507 (vote) against the SST
 # teachers' 0.482 (their mean), paraphrase 0.845 (vote) against 0.835, STS 0.884 against 0.881.
-STUDENT_TEACHERS = {f"results/teachers/students/{task}.npz": (task, list(STS_ENSEMBLE_TAUGHT), 7, 10000)
-                    for task in TEACHERS}
-TEACHER_FILES.update(STUDENT_TEACHERS)
-BORN_AGAIN = ranked("0.02", "-born2", **teacher_files("results/teachers/students"))
+STUDENT_TEACHERS = "results/teachers/students"
+TEACHER_FILES.update({f"{STUDENT_TEACHERS}/{task}.npz": (task, list(STS_ENSEMBLE_TAUGHT), 7, 10000)
+                      for task in TEACHERS})
+BORN_AGAIN = ranked("0.02", "-born2", **teacher_files(STUDENT_TEACHERS))
 # The final recipe with R-Drop on sentiment at 2 in place of 1 (the row names keep the recipe's "rdrop1" prefix). The
 # rows of weight 2 beside those of weight 1 without teachers (CFIMDB start, 5 x 10,000): sentiment 0.508 against
 # 0.502, overall +0.003 (+0.002, +0.006, +0.000 seed by seed), most on seed 2, the final recipe's lowest seed.
@@ -281,8 +281,9 @@ STS_ENSEMBLE_SETUP = "the CoSENT setup with STS taught by three STS seeds, bfloa
 BESIDE_RANKED = {STS_ENSEMBLE_SETUP: list(STS_ENSEMBLE_TAUGHT),
                  "the CoSENT setup started from the CFIMDB-tuned encoder, bfloat16": list(CFIMDB_RANKED),
                  "the CoSENT setup at weight 0.05 (--ranking-loss 0.05), bfloat16": list(HEAVIER_RANKED)}
-BORN_AGAIN_SETUP = "the final recipe taught by its own three students (born again), bfloat16"
-STRONGER_RDROP_SETUP = "the final recipe with R-Drop 2 on sentiment, bfloat16"
+# The setups compared seed by seed with the final recipe's rows.
+BESIDE_FINAL = {"the final recipe taught by its own three students (born again), bfloat16": list(BORN_AGAIN),
+                "the final recipe with R-Drop 2 on sentiment, bfloat16": list(STRONGER_RDROP)}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
 # range and standard error at every budget where all its rows finished. "separate single-task models" is the
 # teachers: three models, each task scored by its own (SST by the mean of its three seeds' scores).
@@ -291,8 +292,7 @@ SETUPS = {
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
     **BESIDE_RECIPE,
     **BESIDE_RANKED,
-    BORN_AGAIN_SETUP: list(BORN_AGAIN),
-    STRONGER_RDROP_SETUP: list(STRONGER_RDROP),
+    **BESIDE_FINAL,
     "paracross-cosine-scaled-lr5e-5-ema995 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995{suffix}"
                                                             for suffix in SEEDS],
     "...-ema995-cfimdbinit-rdrop1 (no teachers)": [f"paracross-cosine-scaled-lr5e-5-ema995-cfimdbinit-rdrop1{suffix}"
@@ -302,7 +302,7 @@ SETUPS = {
 PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_RECIPE},
                **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
                   for setup in BESIDE_RANKED},
-               BORN_AGAIN_SETUP: STS_ENSEMBLE_SETUP, STRONGER_RDROP_SETUP: STS_ENSEMBLE_SETUP}
+               **{setup: STS_ENSEMBLE_SETUP for setup in BESIDE_FINAL}}
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000")]
 SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
