@@ -188,10 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
                        **gflops_fields("torch", total_flops, total_s["torch"], peaks, args.dtype))
     rows.append({"task": "all", **overall})
 
-    info = common.machine_info()
-    info["load_average_before"] = load_before
-    print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
-          f"{load_before} before / {info['load_average']} after")
+    info = common.report_machine(load_before)
     print(peak.describe(peaks))
     print(f"split {args.split}, eval batch {args.eval_batch_size}, preset {preset}, {args.dtype}, "
           f"up to {args.max_examples or 'all'} examples per task, best of {args.repeats}")

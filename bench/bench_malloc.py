@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     keep_freed_memory()
 
-    info = common.machine_info()
-    print(f"{info['cpu']}, {info['cores']} cores, load average {load_before} before / {info['load_average']} after")
+    info = common.report_machine(load_before)
     print(f"{args.dtype}, {args.steps} steps ({args.steps * len(run.config.tasks)} gradient calls a round), "
           f"{args.rounds} rounds per setting, alternating")
     rows = [{"setting": name, "median_s": float(np.median(seconds[name])), "min_s": min(seconds[name]),
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = rows[0]["median_s"] / rows[1]["median_s"]
     print(f"kept / glibc default, medians: {ratio:.3f}")
     result = {"benchmark": "malloc", "dtype": args.dtype, "steps": args.steps, "rounds": args.rounds, "rows": rows,
-              "seconds": seconds, "kept_over_default": ratio, "machine": info, "load_average_before": load_before}
+              "seconds": seconds, "kept_over_default": ratio, "machine": info}
     common.emit_json(result)
     return result
 

@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"kind": kind, "ms": ns / 1e6, "share": ns / total}
             for kind, ns in [("products", times["products"]),
                              *[(k, v) for k, v in times.most_common() if k != "products"][:args.top]]]
-    info = common.machine_info()
-    print(f"{info['cpu']}, {len(jax.devices())} device(s), {info['cores']} cores visible; {args.dtype}, "
+    info = common.report_machine(load_before)
+    print(f"{len(jax.devices())} device(s); {args.dtype}, "
           f"{args.steps} steps x {len(run.config.tasks)} task gradient calls")
     print(f"wall {1000 * wall_s:.0f} ms ({1000 * traced_s:.0f} ms traced); thunk time {total / 1e6:.0f} ms "
           f"({total / 1e9 / traced_s:.2f}x the traced wall time)")
     common.print_table(rows, [("kind", "thunk kind", "s"), ("ms", "ms", ".1f"), ("share", "share", ".1%")])
-    result = {"benchmark": "profile", "machine": {**info, "load_average_before": load_before}, "dtype": args.dtype,
+    result = {"benchmark": "profile", "machine": info, "dtype": args.dtype,
               "steps": args.steps, "wall_s": wall_s, "traced_s": traced_s, "thunk_s": total / 1e9,
               "products_share": times["products"] / total if total else 0.0, "rows": rows}
     common.emit_json(result)

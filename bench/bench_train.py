@@ -373,8 +373,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
-    import torch
-
     load_before = common.start_comparison(args.threads, not args.no_compile_cache, args.glibc_malloc)
     preset = None if args.preset in ("none", "") else args.preset
     run = common.load_run(preset, args.init_checkpoint, args.batch_size, no_dropout=args.no_dropout,
@@ -390,10 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows += r
         notes[dtype_name] = n
 
-    info = common.machine_info()
-    info["load_average_before"] = load_before
-    print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}, load average "
-          f"{load_before} before / {info['load_average']} after; jax {info['jax']}, torch {info.get('torch')}")
+    info = common.report_machine(load_before)
     print(peak.describe(peaks))
     print(f"preset {preset}, batch {args.batch_size} per task, tasks {','.join(run.config.tasks)}, "
           f"{len(steps)} timed steps of epoch 0, {'no dropout' if args.no_dropout else 'dropout on'} "

@@ -84,8 +84,19 @@ def machine_info() -> dict:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    return info
+
+
+def report_machine(load_before: list[float]) -> dict:
+    """machine_info() with the load average taken before the measurement, printed as the one line every
+    benchmark's figures are read beside (a load above the core count means the figures are not quiet)."""
+    info = {**machine_info(), "load_average_before": load_before}
+    torch_part = f", torch {info['torch']} ({info['torch_threads']} threads)" if "torch" in info else ""
+    print(f"{info['cpu']}, {info['cores']} cores, load average {load_before} before / {info['load_average']} after; "
+          f"jax {info['jax']}{torch_part}")
     return info
 
 

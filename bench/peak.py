@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = common.start_comparison(args.threads, compile_cache=False)
     peaks = gemm_peaks(size=args.peak_size, repeats=args.peak_repeats)
-    info = common.machine_info()
-    info["load_average_before"] = load_before
-    print(f"{info['cpu']}, {info['cores']} cores, load average {load_before} before / {info['load_average']} after; "
-          f"jax {info['jax']}, torch {info.get('torch')}")
+    info = common.report_machine(load_before)
     print(describe(peaks))
     result = {"benchmark": "gemm_peak", "machine": info, **peaks}
     common.emit_json(result)
