@@ -96,7 +96,8 @@ def compiled_grad_fns(run, batches: list[tuple[str, dict]], params) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cosfeat-pcgrad-mean", help="a train.config preset; 'none' for the defaults")
+    parser.add_argument("--preset", default="cosfeat-pcgrad-mean",
+                        help="a train.config preset; 'none' for the defaults")
     parser.add_argument("--init-checkpoint", default=str(common.DEFAULT_CHECKPOINT), help="Flax encoder checkpoint")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per task per step")
     parser.add_argument("--steps", type=int, default=2, help="steps of epoch 0 whose batches are traced")

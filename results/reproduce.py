@@ -39,8 +39,8 @@ REPO = RESULTS.parent
 
 # The best reference row with pairs cross-encoded (one [CLS] a [SEP] b [SEP] sequence), so with the linear
 # STS head on the scaled target and no cosine feature.
-CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--cos-feature", "", "--regression-head", "linear",
-         "--regression-target", "scaled"]
+CROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "cross", "--cos-feature", "",
+         "--regression-head", "linear", "--regression-target", "scaled"]
 # Paraphrase cross-encoded, STS bi-encoded with the cosine head (the preset's) on the scaled target.
 PARACROSS = ["--preset", "cosfeat-pcgrad-mean", "--pair-encoding", "para=cross", "--cos-feature", "",
              "--regression-target", "scaled"]
@@ -585,7 +585,8 @@ def paired_table(scores: dict, finished: dict) -> list[str]:
         return []
     return ["", "## Paired differences: mean ± standard error of the per-seed differences", "",
             "The same seed draws the same data order, so a setup is compared with another seed by seed. Dev split.", "",
-            "| budget | setup | compared with | seeds | sentiment | paraphrase | STS corr | overall | overall, each seed |",
+            "| budget | setup | compared with | seeds | sentiment | paraphrase | STS corr | overall "
+            "| overall, each seed |",
             "|---|---|---|---|---|---|---|---|---|", *table]
 
 

@@ -40,8 +40,8 @@ def devices_env(count: int) -> dict[str, str]:
 
 
 class InterruptAfter:
-    """Stands in for the training loop's SIGINT flag (patched in as train.loop._InterruptFlag): raised once `steps` checks have
-    been made."""
+    """Stands in for the training loop's SIGINT flag (patched in as train.loop._InterruptFlag): raised once `steps`
+    checks have been made."""
 
     def __init__(self, steps):
         self.remaining = steps

@@ -78,7 +78,8 @@ def test_a_declared_copy_of_sts_gives_the_losses_of_the_builtin_sts(tiny_encoder
     toml = declared_sts_copy(small_data, tmp_path / "mine")
     common = dict(epochs=1, regression_head=head, regression_target="scaled")
     builtin = Run(tiny_config(tiny_encoder, small_data, tasks=("sts",), **common), tiny_encoder)
-    declared = Run(tiny_config(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), **common), tiny_encoder)
+    declared = Run(tiny_config(tiny_encoder, small_data, tasks=("mysts",), task_files=(str(toml),), **common),
+                   tiny_encoder)
     params = jax.device_get(builtin.init_params())
     copied = {("mysts_regressor" if k == "sts_regressor" else k): v for k, v in params.items()}
     np.testing.assert_array_equal(declared.data["mysts"].train.input_ids, builtin.data["sts"].train.input_ids)

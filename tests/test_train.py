@@ -29,7 +29,8 @@ from train.config import TrainConfig
 
 def test_presets_expand_to_the_reference_rows():
     config, _ = train_config.parse_args(["--preset", "cosfeat-pcgrad-mean"])
-    assert (config.regression_head, config.cos_feature, config.pcgrad, config.pooling) == ("cosine", "para", True, "mean")
+    settings = (config.regression_head, config.cos_feature, config.pcgrad, config.pooling)
+    assert settings == ("cosine", "para", True, "mean")
     config, _ = train_config.parse_args(["--preset", "shared-pcgrad", "--no-pcgrad", "--lr", "2e-5"])
     assert config.shared_layer and not config.pcgrad and config.lr == 2e-5
     assert train_config.parse_args(["--preset", "baseline-6041"])[0].samples_per_task == 6041
@@ -82,7 +83,8 @@ def test_pool_batches_flag_reaches_the_stream(tiny_encoder, small_data):
     (["--reinit-layers", "1", "--option", "pretrain"], "--reinit-layers: --option pretrain freezes the encoder"),
     (["--rdrop", "-1"], "--rdrop -1.0: must be 0 (off) or a positive weight"),
     (["--rdrop", "inf"], "--rdrop inf: must be 0 (off) or a positive weight"),
-    (["--rdrop", "1", "--tasks", "para,sts"], "--rdrop: applies to tasks with class logits, and --tasks para,sts has none"),
+    (["--rdrop", "1", "--tasks", "para,sts"],
+     "--rdrop: applies to tasks with class logits, and --tasks para,sts has none"),
     (["--ordinal-loss", "-0.5"], "--ordinal-loss -0.5: must be 0 (off) or a positive weight"),
     (["--ordinal-loss", "1", "--tasks", "sts"],
      "--ordinal-loss: applies to tasks with class logits, and --tasks sts has none"),
@@ -121,10 +123,10 @@ def expected_modules(config: TrainConfig) -> set[str]:
 
 COMBINATIONS = [
     dict(),
-    dict(pooling="max", regression_target="scaled", shared_layer=True, weight_decay=0.01, decay_mask="no-layernorm-bias",
-         lr_schedule="linear", layer_lr_decay=0.8),
-    dict(pooling="mean", regression_head="cosine", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="annealed",
-         ranking_loss=0.02),
+    dict(pooling="max", regression_target="scaled", shared_layer=True, weight_decay=0.01,
+         decay_mask="no-layernorm-bias", lr_schedule="linear", layer_lr_decay=0.8),
+    dict(pooling="mean", regression_head="cosine", regression_target="scaled", shared_layer=True, pcgrad=True,
+         sampling="annealed", ranking_loss=0.02),
     dict(pair_encoding="cross", regression_target="scaled", shared_layer=True, pcgrad=True, sampling="proportional"),
     dict(option="pretrain", pcgrad=True, tasks=("sst", "para"), ema=0.9),
     dict(tasks=("cfimdb",), pooling="max", sampling="min", label_smoothing=0.1),
@@ -273,8 +275,8 @@ def test_sts_correlation_matches_scipy():
     for preds in (labels + rng.normal(scale=2.0, size=300), 1e4 + 1e-3 * labels + rng.normal(scale=1e-3, size=300),
                   -labels, 2 * labels + 1):
         preds = preds.astype(np.float32)
-        np.testing.assert_allclose(metrics.task_metric(registry()["sts"], preds, labels), pearsonr(preds, labels).statistic,
-                                   rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(metrics.task_metric(registry()["sts"], preds, labels),
+                                   pearsonr(preds, labels).statistic, rtol=1e-12, atol=1e-15)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.isnan(metrics.task_metric(registry()["sts"], np.full(300, 2.5, np.float32), labels))
