@@ -19,30 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data.tasks import DataError, read_rows  # noqa: E402
+from results.ensemble import majority_vote, row_predictions  # noqa: E402
 
 CLASSES = 5
 BOOTSTRAP_SAMPLES = 10_000
-
-
-def read_predictions(path: Path) -> dict[str, int]:
-    """A CS224N prediction file (`id , label` per line after a header) as {id: label}."""
-    lines = path.read_text().splitlines()[1:]
-    try:
-        return {key.strip(): int(float(value)) for key, value in (line.split(",") for line in lines if line.strip())}
-    except ValueError as err:
-        raise DataError(f"{path}: not a prediction file ({err})") from None
-
-
-def row_predictions(row_dir: Path, ids: list[str]) -> np.ndarray:
-    """The row's dev predictions in the order of `ids`; refuses a file that misses any of them."""
-    path = row_dir / "predictions" / "sst-dev-output.csv"
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    predicted = read_predictions(path)
-    missing = [i for i in ids if i not in predicted]
-    if missing:
-        raise DataError(f"{path}: no prediction for {len(missing)} dev id(s), e.g. {missing[0]}")
-    return np.array([predicted[i] for i in ids])
 
 
 def error_profile(preds: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
@@ -60,12 +40,6 @@ def error_profile(preds: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
     }
 
 
-def majority_vote(preds: np.ndarray) -> np.ndarray:
-    """Per sentence the class most rows predict (rows x sentences in), ties to the lower class."""
-    votes = np.stack([(preds == c).sum(axis=0) for c in range(CLASSES)], axis=1)
-    return votes.argmax(axis=1)
-
-
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,13 +48,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         dev = read_rows(args.data_dir / "ids-sst-dev.csv", "sst", labeled=True)
-        preds = {row.name: row_predictions(row, dev.ids) for row in args.rows}
+        preds = {row.name: row_predictions(row, "sst", dev.ids).astype(int) for row in args.rows}
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     labels = dev.labels.astype(int)
     if len(preds) > 1:
-        preds[f"majority vote of {len(preds)}"] = majority_vote(np.stack(list(preds.values())))
+        preds[f"majority vote of {len(preds)}"] = majority_vote(np.stack(list(preds.values())), CLASSES)
     print(f"SST dev, {len(labels)} sentences; gold share per class: "
           + " ".join(f"{share:.3f}" for share in np.bincount(labels, minlength=CLASSES) / len(labels)))
     print("| row | accuracy | 95% interval | within one class | recall per class 0-4 | predicted share per class 0-4 |")
