@@ -234,8 +234,8 @@ def encode_split(
     """A split's rows (via `load_split`) with their tokens, tokenized once and cached with their ids and labels.
 
     `task` is a registry name or a TaskSpec. `mode` is "single" for single-sentence
-    tasks and "bi" or "cross" (default) for pair tasks; `swapped=True` gives the cross encoding with the pair's sentences in
-    the other order. Tokens are cached beside the prepared TFDS data, keyed by the
+    tasks and "bi" or "cross" (default) for pair tasks; `swapped=True` gives the cross encoding with the pair's
+    sentences in the other order. Tokens are cached beside the prepared TFDS data, keyed by the
     vocab file's hash, the lowercase flag, `max_length` and the sources' checksum;
     the cache of a pair task holds every encoding. Writing a cache file removes
     the files of older cache formats beside it.

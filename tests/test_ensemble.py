@@ -47,7 +47,8 @@ def data(tmp_path):
 def test_rows_their_mean_and_their_combination(tmp_path, data, capsys):
     sts_a, sts_b, sts_c = [0.5, 1.0, 3.5, 4.0], [0.0, 2.5, 2.0, 5.0], [1.0, 1.0, 4.0, 3.0]
     rows = [write_row(tmp_path / "a", sst=["aa , 3 \n", "bb , 2 \n", "cc , 2 \n"], sts=sts_lines(sts_a)),
-            write_row(tmp_path / "b", sst=["cc , 0 \n", "bb , 1 \n", "aa , 3 \n"], sts=sts_lines(sts_b)),  # any id order
+            write_row(tmp_path / "b", sst=["cc , 0 \n", "bb , 1 \n", "aa , 3 \n"],  # any order of ids
+                      sts=sts_lines(sts_b)),
             write_row(tmp_path / "c", sst=["aa , 4 \n", "bb , 0 \n", "cc , 0 \n"], sts=sts_lines(sts_c), para=[])]
     table = ensemble.scores(rows, ensemble.registry(data_dir=str(data)))
     labels = [0.0, 1.5, 3.0, 4.5]

@@ -126,8 +126,8 @@ class TrainConfig:
         if not 0 < self.lr < float("inf"):
             raise ConfigError(f"--lr {self.lr}: must be positive")
         if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.warmup_steps and self.warmup_ratio:
-            raise ConfigError(f"--warmup-steps {self.warmup_steps} --warmup-ratio {self.warmup_ratio}: give at most one, "
-                              "steps 0 or more, or a ratio in [0, 1)")
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} --warmup-ratio {self.warmup_ratio}: give at most "
+                              "one, steps 0 or more, or a ratio in [0, 1)")
         if not 0 <= self.max_grad_norm < float("inf"):
             raise ConfigError(f"--max-grad-norm {self.max_grad_norm}: must be 0 (no clipping) or positive")
         if not 0 <= self.weight_decay < float("inf"):

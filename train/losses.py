@@ -8,8 +8,8 @@ import optax
 
 from .config import TrainConfig
 
-__all__ = ["task_loss", "distillation_loss", "gold_share", "rdrop_loss", "predictions", "smoothed_cross_entropy", "squared_emd",
-           "symmetric_kl", "cosent"]
+__all__ = ["task_loss", "distillation_loss", "gold_share", "rdrop_loss", "predictions", "smoothed_cross_entropy",
+           "squared_emd", "symmetric_kl", "cosent"]
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
