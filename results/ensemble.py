@@ -60,18 +60,21 @@ def shared_tasks(rows: list[Path], specs: dict[str, TaskSpec]) -> list[str]:
 
 
 def scores(rows: list[Path], specs: dict[str, TaskSpec]) -> dict[str, dict[str, float]]:
-    """Line name -> task -> dev score (and "overall"): each row; with two rows or more, the mean of their scores and
-    the score of their predictions combined."""
+    """Line name -> task -> dev score (and "overall"): each row (by its folder's name, or its path where two share
+    a name); with two rows or more, the mean of their scores and the score of their predictions combined."""
     tasks = shared_tasks(rows, specs)
     if not tasks:
         raise DataError(f"{', '.join(map(str, rows))}: no task with dev predictions in every row")
-    table: dict[str, dict[str, float]] = {row.name: {} for row in rows}
+    names = [row.name for row in rows]
+    if len(set(names)) < len(rows):  # rows of one name from several budgets
+        names = [str(row) for row in rows]
+    table: dict[str, dict[str, float]] = {name: {} for name in names}
     combined: dict[str, float] = {}
     for task in tasks:
         dev = read_rows(specs[task].files["dev"], specs[task], labeled=True)
         preds = np.stack([row_predictions(row, task, dev.ids) for row in rows])
-        for row, row_preds in zip(rows, preds):
-            table[row.name][task] = task_metric(specs[task], row_preds, dev.labels)
+        for name, row_preds in zip(names, preds):
+            table[name][task] = task_metric(specs[task], row_preds, dev.labels)
         combined[task] = task_metric(specs[task], combine(specs[task], preds), dev.labels)
     for line in (*table.values(), combined):
         line["overall"] = overall_score(line, specs)

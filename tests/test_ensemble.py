@@ -66,6 +66,9 @@ def test_rows_their_mean_and_their_combination(tmp_path, data, capsys):
     assert combined["sts"] == pytest.approx(combined_sts)
     assert combined["overall"] == pytest.approx((1 / 3 + (combined_sts + 1) / 2) / 2)
 
+    twin = write_row(tmp_path / "other" / "a", sst=["aa , 3 \n", "bb , 1 \n", "cc , 2 \n"])
+    assert ensemble.scores([rows[0], twin], ensemble.registry(data_dir=str(data)))[str(twin)]["sst"] == 1.0
+
     assert ensemble.main([*map(str, rows), "--data-dir", str(data)]) == 0
     printed = capsys.readouterr().out
     assert "| row | sst | sts | overall |" in printed and f"| 3 rows combined | {1 / 3:.4f} |" in printed
