@@ -31,9 +31,14 @@ def read_predictions(path: Path) -> dict[str, float]:
         raise DataError(f"{path}: not a prediction file ({err})") from None
 
 
+def dev_predictions_file(row_dir: Path, task: str) -> Path:
+    """Where a row (or run directory) keeps its dev predictions of `task` (train/run.py writes them)."""
+    return row_dir / "predictions" / f"{task}-dev-output.csv"
+
+
 def row_predictions(row_dir: Path, task: str, ids: list[str]) -> np.ndarray:
     """The row's dev predictions of `task` in the order of `ids`; refuses a file that misses any of them."""
-    path = row_dir / "predictions" / f"{task}-dev-output.csv"
+    path = dev_predictions_file(row_dir, task)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     predicted = read_predictions(path)
@@ -56,7 +61,7 @@ def combine(spec: TaskSpec, preds: np.ndarray) -> np.ndarray:
 
 def shared_tasks(rows: list[Path], specs: dict[str, TaskSpec]) -> list[str]:
     """The tasks (in registry order) that every row has dev predictions for."""
-    return [task for task in specs if all((row / "predictions" / f"{task}-dev-output.csv").exists() for row in rows)]
+    return [task for task in specs if all(dev_predictions_file(row, task).exists() for row in rows)]
 
 
 def scores(rows: list[Path], specs: dict[str, TaskSpec]) -> dict[str, dict[str, float]]:
