@@ -1,6 +1,6 @@
 """results/reproduce.py on two tiny rows and their soup: per-budget run folders, rows side by side (--jobs), the
 soup after its rows, the summary tables, and a Ctrl-C that stops the rows at a checkpoint and leaves them to the next
-call."""
+call; and results/rows.py, the table of the real rows, for names that exist."""
 
 import json
 import os
@@ -172,6 +172,28 @@ def results_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_row_table_names_only_what_exists():
+    """results/rows.py: every row's flags parse as train.main's; each teacher file a row names is made by
+    TEACHER_FILES for that task and is committed; setups, pairings, soups, encoder sources, teachers, the separate
+    models and the best rows name rows of the table."""
+    from train.cli import parse_args
+
+    rows = results_module("rows")
+    for name, (flags, _) in rows.ROWS.items():
+        config, _ = parse_args(flags)
+        for spec in filter(None, config.teachers.split(",")):
+            task, path = spec.split("=")
+            assert rows.TEACHER_FILES[path][0] == task and (REPO / path).is_file(), (name, spec)
+    names = {*rows.ROWS, *rows.SOUPS}
+    assert all(set(members) <= names for members in rows.SETUPS.values())
+    assert {*rows.PAIRED_WITH, *rows.PAIRED_WITH.values(), *(s for s, *_ in rows.PAIRED_ACROSS_BUDGETS)} <= set(
+        rows.SETUPS)
+    assert all(set(members) <= set(rows.ROWS) for members in [*rows.SOUPS.values(), *rows.SEPARATE.values()])
+    assert {*rows.ENCODER_FROM, *(source for source, *_ in rows.ENCODER_FROM.values())} <= set(rows.ROWS)
+    assert all(set(teachers) <= set(rows.ROWS) for _, teachers, *_ in rows.TEACHER_FILES.values())
+    assert {name for name, _ in rows.BEST_ROWS} <= set(rows.MULTITASK)
 
 
 def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
