@@ -19,26 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data.tasks import DataError, TaskSpec, read_rows, registry  # noqa: E402
-from train.metrics import overall_score, task_metric  # noqa: E402
-
-
-def read_predictions(path: Path) -> dict[str, float]:
-    """A CS224N prediction file (`id , prediction` per line after a header) as {id: prediction}."""
-    lines = path.read_text().splitlines()[1:]
-    try:
-        return {key.strip(): float(value) for key, value in (line.split(",") for line in lines if line.strip())}
-    except ValueError as err:
-        raise DataError(f"{path}: not a prediction file ({err})") from None
-
-
-def dev_predictions_file(row_dir: Path, task: str) -> Path:
-    """Where a row (or run directory) keeps its dev predictions of `task` (train/run.py writes them)."""
-    return row_dir / "predictions" / f"{task}-dev-output.csv"
+from train.metrics import overall_score, prediction_file, read_predictions, task_metric  # noqa: E402
 
 
 def row_predictions(row_dir: Path, task: str, ids: list[str]) -> np.ndarray:
     """The row's dev predictions of `task` in the order of `ids`; refuses a file that misses any of them."""
-    path = dev_predictions_file(row_dir, task)
+    path = prediction_file(row_dir / "predictions", task, "dev")
     if not path.exists():
         raise DataError(f"{path}: no such file")
     predicted = read_predictions(path)
@@ -61,7 +47,7 @@ def combine(spec: TaskSpec, preds: np.ndarray) -> np.ndarray:
 
 def shared_tasks(rows: list[Path], specs: dict[str, TaskSpec]) -> list[str]:
     """The tasks (in registry order) that every row has dev predictions for."""
-    return [task for task in specs if all(dev_predictions_file(row, task).exists() for row in rows)]
+    return [task for task in specs if all(prediction_file(row / "predictions", task, "dev").exists() for row in rows)]
 
 
 def scores(rows: list[Path], specs: dict[str, TaskSpec]) -> dict[str, dict[str, float]]:

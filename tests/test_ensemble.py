@@ -85,3 +85,19 @@ def test_refusals_name_the_file(tmp_path, data, capsys):
     empty = write_row(tmp_path / "empty")
     assert ensemble.main([str(full), str(empty), "--data-dir", str(data)]) == 1
     assert "no task with dev predictions in every row" in capsys.readouterr().err
+
+
+def test_prediction_files_read_back_what_was_written(tmp_path):
+    """train.metrics: read_predictions gives back write_predictions' ids and values (classes exact, scores to the 4
+    decimals written), from the file prediction_file names."""
+    from data.tasks import registry
+    from train.metrics import prediction_file, read_predictions, write_predictions
+
+    specs = registry()
+    ids = ["a1", "b2", "c3"]
+    for task, preds, want in (("sst", np.array([4, 0, 2]), [4.0, 0.0, 2.0]),
+                              ("sts", np.array([0.12344, 4.99996, 2.5]), [0.1234, 5.0, 2.5])):
+        path = prediction_file(tmp_path / "predictions", task, "dev")
+        assert path == tmp_path / "predictions" / f"{task}-dev-output.csv"
+        write_predictions(path, specs[task], ids, preds)
+        assert read_predictions(path) == dict(zip(ids, want))

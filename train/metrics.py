@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import atomic_write
-from data.tasks import TaskSpec
+from data.tasks import DataError, TaskSpec
 
-__all__ = ["pearson", "spearman", "f1", "task_metric", "overall_score", "write_predictions"]
+__all__ = ["pearson", "spearman", "f1", "task_metric", "overall_score", "prediction_file", "write_predictions",
+           "read_predictions"]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -63,6 +64,12 @@ def overall_score(metrics: dict[str, float], specs: dict[str, TaskSpec]) -> floa
     return float(np.mean(parts)) if parts else None
 
 
+def prediction_file(directory: Path, task: str, split: str) -> Path:
+    """Where a run keeps its predictions of `task` on `split`: `<task>-<split>-output.csv` in `directory` (the run's
+    predictions/ folder), the name the CS224N hand-in expects."""
+    return Path(directory) / f"{task}-{split}-output.csv"
+
+
 def write_predictions(path: Path, spec: TaskSpec, ids, preds: np.ndarray) -> None:
     """Writes a prediction file in the CS224N layout (which the course's leaderboard reads): a header line, then
     `id , prediction` per example; scores with 4 decimals, classes as integers."""
@@ -72,3 +79,13 @@ def write_predictions(path: Path, spec: TaskSpec, ids, preds: np.ndarray) -> Non
         f.write(f"id \t {spec.prediction_header} \n")
         for example_id, p in zip(ids, formatted):
             f.write(f"{example_id} , {p} \n")
+
+
+def read_predictions(path: Path) -> dict[str, float]:
+    """A prediction file that write_predictions wrote (`id , prediction` per line after a header) as {id:
+    prediction}."""
+    lines = Path(path).read_text().splitlines()[1:]
+    try:
+        return {key.strip(): float(value) for key, value in (line.split(",") for line in lines if line.strip())}
+    except ValueError as err:
+        raise DataError(f"{path}: not a prediction file ({err})") from None

@@ -34,7 +34,7 @@ from . import checkpointing
 from .config import TrainConfig
 from .distributed import is_main_process
 from .feedback import plain
-from .metrics import overall_score, task_metric, write_predictions
+from .metrics import overall_score, prediction_file, task_metric, write_predictions
 from .model import MultitaskBert
 from .plots import plot_curves
 from .predictor import Predictor
@@ -277,11 +277,11 @@ class Run:
         return metrics
 
     def write_predictions(self, split: str, preds: dict[str, np.ndarray], out_dir: Path) -> None:
-        """Writes `{task}-{split}-output.csv` files into `out_dir` (from the main process)."""
+        """Writes each task's prediction file (metrics.prediction_file) into `out_dir` (from the main process)."""
         if not is_main_process():
             return
         for task, task_preds in preds.items():
-            path = out_dir / f"{task}-{split}-output.csv"
+            path = prediction_file(out_dir, task, split)
             try:
                 write_predictions(path, self.config.spec(task), self.data[task].split(split).ids, task_preds)
             except OSError as err:
@@ -331,7 +331,7 @@ def finish_run(run: Run, run_dir: Path, plot=plot_curves) -> dict:
     params, meta = best_params(run_dir, run)
     out_dir = run_dir / "predictions"
     dev_written = not run.config.eval_max_examples and all(
-        (out_dir / f"{task}-dev-output.csv").exists() for task in run.config.tasks)
+        prediction_file(out_dir, task, "dev").exists() for task in run.config.tasks)
     dev = meta["dev"] if dev_written else run.evaluate(params, "dev", out_dir)
     run.evaluate(params, "test", out_dir)
     if is_main_process():
