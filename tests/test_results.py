@@ -183,9 +183,8 @@ def test_the_row_table_names_only_what_exists():
     rows = results_module("rows")
     for name, (flags, _) in rows.ROWS.items():
         config, _ = parse_args(flags)
-        for spec in filter(None, config.teachers.split(",")):
-            task, path = spec.split("=")
-            assert rows.TEACHER_FILES[path][0] == task and (REPO / path).is_file(), (name, spec)
+        for task, path in config.teacher_files().items():
+            assert rows.TEACHER_FILES[path][0] == task and (REPO / path).is_file(), (name, task, path)
     names = {*rows.ROWS, *rows.SOUPS}
     assert all(set(members) <= names for members in rows.SETUPS.values())
     assert {*rows.PAIRED_WITH, *rows.PAIRED_WITH.values(), *(s for s, *_ in rows.PAIRED_ACROSS_BUDGETS)} <= set(
