@@ -122,6 +122,8 @@ def outcome(run_dir: Path) -> dict:
     import jax
     import orbax.checkpoint as ocp
 
+    from train.metrics import predictions_dir
+
     result = {"metrics": [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS}
                           for line in (run_dir / "metrics.jsonl").read_text().splitlines()]}
     for name in ("latest", "best"):
@@ -129,7 +131,7 @@ def outcome(run_dir: Path) -> dict:
         step = complete_steps(directory)[-1]
         result[name] = jax.device_get(ocp.StandardCheckpointer().restore(directory / str(step) / "state"))
         result[f"{name}_meta"] = json.loads((directory / str(step) / "meta" / "metadata").read_text())
-    result["predictions"] = {p.name: p.read_bytes() for p in sorted((run_dir / "predictions").iterdir())}
+    result["predictions"] = {p.name: p.read_bytes() for p in sorted(predictions_dir(run_dir).iterdir())}
     return result
 
 

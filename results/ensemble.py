@@ -24,7 +24,7 @@ from train.metrics import overall_score, prediction_file, read_predictions, task
 
 def row_predictions(row_dir: Path, task: str, ids: list[str]) -> np.ndarray:
     """The row's dev predictions of `task` in the order of `ids`; refuses a file that misses any of them."""
-    path = prediction_file(row_dir / "predictions", task, "dev")
+    path = prediction_file(row_dir, task, "dev")
     if not path.exists():
         raise DataError(f"{path}: no such file")
     predicted = read_predictions(path)
@@ -47,7 +47,7 @@ def combine(spec: TaskSpec, preds: np.ndarray) -> np.ndarray:
 
 def shared_tasks(rows: list[Path], specs: dict[str, TaskSpec]) -> list[str]:
     """The tasks (in registry order) that every row has dev predictions for."""
-    return [task for task in specs if all(prediction_file(row / "predictions", task, "dev").exists() for row in rows)]
+    return [task for task in specs if all(prediction_file(row, task, "dev").exists() for row in rows)]
 
 
 def scores(rows: list[Path], specs: dict[str, TaskSpec]) -> dict[str, dict[str, float]]:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from results.rows import (BEST_ROWS, ENCODER_FROM, MULTITASK, PAIRED_ACROSS_BUDGETS,  # noqa: E402
                           PAIRED_WITH, ROW_DTYPE, ROW_POOL, ROWS, SAMPLES_FRACTION, SEPARATE, SETUPS, SOUPS,
                           TEACHER_FILES)
+from train.metrics import predictions_dir  # noqa: E402
 
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
 
@@ -343,7 +344,7 @@ def summarize() -> None:
                 for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
                     if (run_dir / item).exists():
                         shutil.copyfile(run_dir / item, target / item)
-                shutil.copytree(run_dir / "predictions", target / "predictions", dirs_exist_ok=True)
+                shutil.copytree(predictions_dir(run_dir), predictions_dir(target), dirs_exist_ok=True)
         if table:  # a budget whose rows have no finished epoch yet gets no table
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
@@ -356,7 +357,7 @@ def summarize() -> None:
     if chosen:
         tag, name = chosen[0]
         run_dir = row_records(tag, name)
-        shutil.copytree(run_dir / "predictions", RESULTS / "best" / "predictions", dirs_exist_ok=True)
+        shutil.copytree(predictions_dir(run_dir), predictions_dir(RESULTS / "best"), dirs_exist_ok=True)
         shutil.copyfile(run_dir / "curves.png", RESULTS / "best" / "curves.png")
         lines += [f"`best/` holds {name} at {tag} (overall {scores[tag, name]['overall']:.3f}).", ""]
     if multitask:

@@ -97,7 +97,7 @@ def test_prediction_files_read_back_what_was_written(tmp_path):
     ids = ["a1", "b2", "c3"]
     for task, preds, want in (("sst", np.array([4, 0, 2]), [4.0, 0.0, 2.0]),
                               ("sts", np.array([0.12344, 4.99996, 2.5]), [0.1234, 5.0, 2.5])):
-        path = prediction_file(tmp_path / "predictions", task, "dev")
+        path = prediction_file(tmp_path, task, "dev")
         assert path == tmp_path / "predictions" / f"{task}-dev-output.csv"
         write_predictions(path, specs[task], ids, preds)
         assert read_predictions(path) == dict(zip(ids, want))

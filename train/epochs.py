@@ -75,7 +75,7 @@ class Epochs:
             if not config.eval_max_examples:
                 # Written before the best checkpoint: a kill in between repeats the evaluation, which writes them
                 # again.
-                self.run.write_predictions("dev", preds, self.run_dir / "predictions")
+                self.run.write_predictions("dev", preds, self.run_dir)
             # A run killed between this save and the next latest one has saved this best checkpoint already.
             if self.best.latest_step() != step:
                 save_checkpoint(self.best, step, {"params": params}, {"epoch": epoch, "step": step, "dev": dev})

@@ -18,7 +18,7 @@ def evaluate_run(run_dir: Path, splits: tuple[str, ...] = ("dev", "test"), quiet
     run, params = load_run(run_dir, quiet)
     metrics = {}
     for split in splits:
-        scores = run.evaluate(params, split, run_dir / "predictions")
+        scores = run.evaluate(params, split, run_dir)
         metrics.update({f"{split}_{k}": v for k, v in scores.items()})
     return metrics
 

@@ -9,8 +9,8 @@ import numpy as np
 from data.atomic import atomic_write
 from data.tasks import DataError, TaskSpec
 
-__all__ = ["pearson", "spearman", "f1", "task_metric", "overall_score", "prediction_file", "write_predictions",
-           "read_predictions"]
+__all__ = ["pearson", "spearman", "f1", "task_metric", "overall_score", "predictions_dir", "prediction_file",
+           "write_predictions", "read_predictions"]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -64,10 +64,15 @@ def overall_score(metrics: dict[str, float], specs: dict[str, TaskSpec]) -> floa
     return float(np.mean(parts)) if parts else None
 
 
-def prediction_file(directory: Path, task: str, split: str) -> Path:
-    """Where a run keeps its predictions of `task` on `split`: `<task>-<split>-output.csv` in `directory` (the run's
-    predictions/ folder), the name the CS224N hand-in expects."""
-    return Path(directory) / f"{task}-{split}-output.csv"
+def predictions_dir(run_dir: Path) -> Path:
+    """The folder of a run's prediction files (and of a row's copy in results/)."""
+    return Path(run_dir) / "predictions"
+
+
+def prediction_file(run_dir: Path, task: str, split: str) -> Path:
+    """Where a run keeps its predictions of `task` on `split`: `predictions/<task>-<split>-output.csv`, the name the
+    CS224N hand-in expects."""
+    return predictions_dir(run_dir) / f"{task}-{split}-output.csv"
 
 
 def write_predictions(path: Path, spec: TaskSpec, ids, preds: np.ndarray) -> None:

@@ -276,23 +276,24 @@ class Run:
             metrics["overall"] = score
         return metrics
 
-    def write_predictions(self, split: str, preds: dict[str, np.ndarray], out_dir: Path) -> None:
-        """Writes each task's prediction file (metrics.prediction_file) into `out_dir` (from the main process)."""
+    def write_predictions(self, split: str, preds: dict[str, np.ndarray], run_dir: Path) -> None:
+        """Writes each task's prediction file (metrics.prediction_file) into `run_dir` (from the main process)."""
         if not is_main_process():
             return
         for task, task_preds in preds.items():
-            path = prediction_file(out_dir, task, split)
+            path = prediction_file(run_dir, task, split)
             try:
                 write_predictions(path, self.config.spec(task), self.data[task].split(split).ids, task_preds)
             except OSError as err:
                 raise RunError(f"{path}: cannot write predictions ({err.strerror or err}); "
                                "the previous file is kept") from None
 
-    def evaluate(self, params, split: str, out_dir: Path | None = None) -> dict[str, float]:
-        """Predicts every task on `split`; returns metrics where labels exist, writes files if `out_dir`."""
+    def evaluate(self, params, split: str, run_dir: Path | None = None) -> dict[str, float]:
+        """Predicts every task on `split`; returns metrics where labels exist, writes the prediction files into
+        `run_dir` if given."""
         preds = self.predict(params, split)
-        if out_dir is not None:
-            self.write_predictions(split, preds, out_dir)
+        if run_dir is not None:
+            self.write_predictions(split, preds, run_dir)
         return self.score(split, preds)
 
 
@@ -329,11 +330,10 @@ def finish_run(run: Run, run_dir: Path, plot=plot_curves) -> dict:
     (with --eval-max-examples it scored only part of dev and wrote none), best_encoder/ and the figure that `plot`
     draws into the run directory (curves.png). Returns the best parameters' metrics on the whole dev set."""
     params, meta = best_params(run_dir, run)
-    out_dir = run_dir / "predictions"
     dev_written = not run.config.eval_max_examples and all(
-        prediction_file(out_dir, task, "dev").exists() for task in run.config.tasks)
-    dev = meta["dev"] if dev_written else run.evaluate(params, "dev", out_dir)
-    run.evaluate(params, "test", out_dir)
+        prediction_file(run_dir, task, "dev").exists() for task in run.config.tasks)
+    dev = meta["dev"] if dev_written else run.evaluate(params, "dev", run_dir)
+    run.evaluate(params, "test", run_dir)
     if is_main_process():
         save_pretrained(run_dir / "best_encoder", run.bert_config, jax.device_get(params["bert"]),
                         run.encoder_dir / "vocab.txt", run.tokenizer.lowercase)

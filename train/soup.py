@@ -79,7 +79,7 @@ def make_soup(run_dirs: list[Path], run_dir: Path, quiet: bool = False) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / UNFINISHED).touch()
     run.config.to_json(run_dir / "config.json")
-    dev = run.evaluate(params, "dev", run_dir / "predictions")
+    dev = run.evaluate(params, "dev", run_dir)
     ingredients = [(d, read_metrics(d)) for d in run_dirs]  # a run given twice counts twice
     record = {"epoch": 0, "soup": [{"run_dir": str(d), "dev": _best_dev(r, run.config.select_by)}
                          for d, r in ingredients], "dev": dev}
