@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "layer trains at lr x D, the embeddings at lr x D^(layers+1)", float)
     add("reinit-layers", "start the top N encoder layers from BERT's random initialisation (seeded) instead of the "
                          "checkpoint's (Zhang et al. 2021)", int, metavar="N")
+    flag("zero-heads", "start every task head's weights at zero, as big_vision fine-tunes: the first updates "
+                       "train the heads, and the encoder's gradient then follows heads fitted to it, not random "
+                       "ones (the shared pair layer keeps its random start)")
     add("lr-schedule", "constant, or linear (decays to 0 at the run's last step)")
     add("warmup-steps", "updates of linear warmup from 0 to --lr, then --lr-schedule", int)
     add("warmup-ratio", "warmup as a share of the run's updates, e.g. 0.1", float)

@@ -37,6 +37,7 @@ class TrainConfig:
     regression_head: str = "linear"  # linear | cosine, per pair-regression task as in pooling
     regression_target: str = "binary"  # binary (label above the task's threshold) | scaled (label range to 0-1)
     shared_layer: bool = False
+    zero_heads: bool = False  # task heads start at zero (big_vision's head_zeroinit) instead of seeded random values
     pcgrad: bool = False
     loss_weights: str = ""  # per-task multipliers of the loss's gradient, e.g. "sts=10" (a task left out: 1)
     dropout: float = 0.3

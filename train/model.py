@@ -63,8 +63,9 @@ class MultitaskBert(nn.Module):
         self.bert = BertModel(self.bert_config, dtype=self.dtype)
         self.dropout = Dropout(cfg.dropout)
         specs = [cfg.spec(task) for task in cfg.tasks]
-        self.heads = {spec.name: nn.Dense(spec.output_size, name=head_name(spec)) for spec in specs
-                      if cfg.regression_head_of(spec.name) != "cosine"}
+        kernel_init = nn.initializers.zeros if cfg.zero_heads else nn.linear.default_kernel_init
+        self.heads = {spec.name: nn.Dense(spec.output_size, kernel_init=kernel_init, name=head_name(spec))
+                      for spec in specs if cfg.regression_head_of(spec.name) != "cosine"}
         if cfg.shared_layer and any(spec.is_pair for spec in specs):
             self.pair_shared = nn.Dense(self.bert_config.hidden_size, name="pair_shared")
 
