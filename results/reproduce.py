@@ -242,14 +242,16 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
                 continue
             cells = [_spread([dev[metric] for dev in found]) for metric in ("sst", "para", "sts", "overall")]
             table.append(f"| {tag} | {label} | {len(names)} | {' | '.join(cells)} |")
-        if all(finished.get((tag, name)) for names in SEPARATE.values() for name in names):
-            task_scores = {task: [scores[tag, name][task] for name in names] for task, names in SEPARATE.items()}
+        for label, models in SEPARATE.items():
+            if not all(finished.get((tag, name)) for names in models.values() for name in names):
+                continue
+            task_scores = {task: [scores[tag, name][task] for name in names] for task, names in models.items()}
             means = {task: float(np.mean(values)) for task, values in task_scores.items()}
             overall = (means["sst"] + means["para"] + (means["sts"] + 1) / 2) / 3
             cells = [_spread(task_scores[task]) if len(task_scores[task]) > 1 else f"{means[task]:.3f}"
                      for task in ("sst", "para", "sts")]
-            table.append(f"| {tag} | separate single-task models (the teachers) | "
-                         f"{'/'.join(str(len(n)) for n in SEPARATE.values())} | {' | '.join(cells)} | {overall:.3f} |")
+            table.append(f"| {tag} | {label} | {'/'.join(str(len(n)) for n in models.values())} | "
+                         f"{' | '.join(cells)} | {overall:.3f} |")
     if not table:
         return []
     return ["", "## Setups: mean [range] ± standard error over seeds", "",

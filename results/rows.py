@@ -241,6 +241,10 @@ ROWS = {
     # Each with seeds 2 and 3 as well, as runs of one setting land up to 0.04 apart on SST dev.
     **{f"sst-finetune-cls-{name}{suffix}": (["--tasks", "sst", *flags, *seed], {})
        for name, flags in SST_CLS.items() for suffix, seed in SEEDS.items()},
+    # The SST teachers' setting in bfloat16: with PARA_ALONE and STS_ALONE in bfloat16, the separate single-task
+    # models at any budget (SEPARATE).
+    **{f"sst-finetune-cls-lr2e-5-bf16{suffix}": (["--tasks", "sst", *SST_CLS["lr2e-5"], "--dtype", "bfloat16", *seed],
+                                                 {}) for suffix, seed in SEEDS.items()},
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
     "para-finetune-cross-mean-lr5e-5": (PARA_ALONE, {}),
     # Paraphrase alone at the student's budget (7 x 10,000: 70,000 pairs, against the teacher's 30,000), in bfloat16
@@ -320,7 +324,12 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]
-SEPARATE = {"sst": TEACHERS["sst"][0], "para": TEACHERS["para"][0], "sts": TEACHERS["sts"][0]}
+# Separate single-task models: label -> task -> its rows (each task scored by the mean of its rows' scores).
+SEPARATE = {"separate single-task models (the teachers)": {task: names for task, (names, *_) in TEACHERS.items()},
+            "separate single-task models, bfloat16": {
+                task: [f"{prefix}-bf16{suffix}" for suffix in SEEDS]
+                for task, prefix in (("sst", "sst-finetune-cls-lr2e-5"), ("para", "para-finetune-cross-mean-lr5e-5"),
+                                     ("sts", "sts-finetune-cosine-scaled-lr5e-5"))}}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
 ENCODER_FROM = {**{name: ("cfimdb-finetune", 3, 10000) for name in CFIMDB_STARTED},

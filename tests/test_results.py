@@ -189,7 +189,8 @@ def test_the_row_table_names_only_what_exists():
     assert all(set(members) <= names for members in rows.SETUPS.values())
     assert {*rows.PAIRED_WITH, *rows.PAIRED_WITH.values(), *(s for s, *_ in rows.PAIRED_ACROSS_BUDGETS)} <= set(
         rows.SETUPS)
-    assert all(set(members) <= set(rows.ROWS) for members in [*rows.SOUPS.values(), *rows.SEPARATE.values()])
+    separate = [names for models in rows.SEPARATE.values() for names in models.values()]
+    assert all(set(members) <= set(rows.ROWS) for members in [*rows.SOUPS.values(), *separate])
     assert {*rows.ENCODER_FROM, *(source for source, *_ in rows.ENCODER_FROM.values())} <= set(rows.ROWS)
     assert all(set(teachers) <= set(rows.ROWS) for _, teachers, *_ in rows.TEACHER_FILES.values())
     assert {name for name, _ in rows.BEST_ROWS} <= set(rows.MULTITASK)
