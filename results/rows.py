@@ -303,8 +303,7 @@ BESIDE_FINAL = {"the final recipe taught by its own three students (born again),
                 "the final recipe with its task heads started at zero (--zero-heads), bfloat16": list(ZERO_HEADS),
                 "the final recipe at twice its learning rate (--lr 1e-4), bfloat16": list(HIGHER_LR)}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
-# range and standard error at every budget where all its rows finished. "separate single-task models" is the
-# teachers: three models, each task scored by its own (SST by the mean of its three seeds' scores).
+# range and standard error at every budget where all its rows finished.
 SETUPS = {
     "distillation recipe": [f"{RECIPE}{suffix}" for suffix in SEEDS],
     "distillation recipe, bfloat16": [f"{RECIPE}-bf16{suffix}" for suffix in SEEDS],
@@ -324,12 +323,11 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]
-# Separate single-task models: label -> task -> its rows (each task scored by the mean of its rows' scores).
+# Separate single-task models: label -> task -> its rows (each task scored by the mean of its rows' scores). The
+# bfloat16 ones are the teachers' settings (their default-seed rows' names) with three seeds each.
 SEPARATE = {"separate single-task models (the teachers)": {task: names for task, (names, *_) in TEACHERS.items()},
-            "separate single-task models, bfloat16": {
-                task: [f"{prefix}-bf16{suffix}" for suffix in SEEDS]
-                for task, prefix in (("sst", "sst-finetune-cls-lr2e-5"), ("para", "para-finetune-cross-mean-lr5e-5"),
-                                     ("sts", "sts-finetune-cosine-scaled-lr5e-5"))}}
+            "separate single-task models, bfloat16": {task: [f"{names[0]}-bf16{suffix}" for suffix in SEEDS]
+                                                      for task, (names, *_) in TEACHERS.items()}}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
 ENCODER_FROM = {**{name: ("cfimdb-finetune", 3, 10000) for name in CFIMDB_STARTED},

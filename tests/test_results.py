@@ -217,6 +217,27 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
     assert reproduce.paired_table(scores, finished) == []
 
 
+def test_each_set_of_separate_models_is_scored_by_its_tasks_means(monkeypatch):
+    """SEPARATE: one Setups line per set of separate single-task models whose rows all finished at a budget, each
+    task the mean of its rows, overall from those means."""
+    reproduce = results_module("reproduce")
+    monkeypatch.setattr(reproduce, "SETUPS", {})
+    monkeypatch.setattr(reproduce, "budgets", lambda: ["7x10"])
+    monkeypatch.setattr(reproduce, "SEPARATE", {
+        "one seed": {"sst": ["s1"], "para": ["p1"], "sts": ["t1"]},
+        "three seeds": {"sst": ["s1", "s2", "s3"], "para": ["p1", "p2", "p3"], "sts": ["t1", "t2", "t3"]}})
+    values = {"s1": 0.48, "s2": 0.50, "s3": 0.46, "p1": 0.83, "p2": 0.84, "p3": 0.85,
+              "t1": 0.87, "t2": 0.88, "t3": 0.89}
+    scores = {("7x10", name): {{"s": "sst", "p": "para", "t": "sts"}[name[0]]: value} for name, value in values.items()}
+    finished = {key: True for key in scores}
+    one, three = reproduce.setup_table(scores, finished)[-2:]
+    assert one == f"| 7x10 | one seed | 1/1/1 | 0.480 | 0.830 | 0.870 | {(0.48 + 0.83 + 1.87 / 2) / 3:.3f} |"
+    assert three.startswith("| 7x10 | three seeds | 3/3/3 | 0.480 [0.460-0.500] ±0.012 | 0.840 [0.830-0.850] ")
+    assert three.endswith(f" | {(0.48 + 0.84 + 1.88 / 2) / 3:.3f} |")
+    finished["7x10", "p3"] = False  # a set with a row still training has no line
+    assert reproduce.setup_table(scores, finished)[-1] == one
+
+
 def test_a_setup_is_paired_with_itself_at_a_smaller_budget(monkeypatch):
     """PAIRED_ACROSS_BUDGETS: each row at the larger budget minus the same row at the smaller one, for each
     comparison of the list (one setup at several budgets)."""
