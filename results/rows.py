@@ -380,6 +380,7 @@ ROW_DTYPE = ["--dtype", "float32"]
 # ZERO_HEADS at 7 x 10,000 replaces the 7 x 10,000 rows here only if it beats them seed by seed by the same margin.
 # It did not (-0.0014 ±0.0037; +0.0030, +0.0015, -0.0087).
 # HIGHER_LR at 7 x 10,000 replaces the 7 x 10,000 rows here only if it beats them seed by seed by the same margin.
+# It did not (+0.0012 ±0.0024; +0.0031, +0.0042, -0.0036).
 # DECAYED_HIGHER_LR at 7 x 10,000 replaces the final recipe's rows here (HIGHER_LR's if they replaced them) only if it
 # beats them seed by seed by the same margin.
 FINAL_ROW = next(iter(STS_ENSEMBLE_TAUGHT))  # the final recipe's default seed
