@@ -34,6 +34,10 @@ SST_CLS = {"lr2e-5": ["--lr", "2e-5"], "lr2e-5-ls0.1": ["--lr", "2e-5", "--label
            "lr2e-5-reinit1": ["--lr", "2e-5", "--reinit-layers", "1"]}
 # Row-name suffix -> seed flags, for the settings that run with three seeds.
 SEEDS = {"": [], "-seed2": ["--seed", "2"], "-seed3": ["--seed", "3"]}
+# Each task alone with its teacher's setting (TEACHERS): task -> (row name, flags).
+ALONE = {"sst": ("sst-finetune-cls-lr2e-5", ["--tasks", "sst", *SST_CLS["lr2e-5"]]),
+         "para": ("para-finetune-cross-mean-lr5e-5", PARA_ALONE),
+         "sts": ("sts-finetune-cosine-scaled-lr5e-5", STS_ALONE)}
 # Rows started from the encoder fine-tuned on CFIMDB (ENCODER_FROM): movie-review polarity first, then the tasks.
 # The best setup with three seeds; row name -> flags.
 CFIMDB_STARTED = {
@@ -248,21 +252,15 @@ ROWS = {
     # Each with seeds 2 and 3 as well, as runs of one setting land up to 0.04 apart on SST dev.
     **{f"sst-finetune-cls-{name}{suffix}": (["--tasks", "sst", *flags, *seed], {})
        for name, flags in SST_CLS.items() for suffix, seed in SEEDS.items()},
-    # The SST teachers' setting in bfloat16: with PARA_ALONE and STS_ALONE in bfloat16, the separate single-task
-    # models at any budget (SEPARATE).
-    **{f"sst-finetune-cls-lr2e-5-bf16{suffix}": (["--tasks", "sst", *SST_CLS["lr2e-5"], "--dtype", "bfloat16", *seed],
-                                                 {}) for suffix, seed in SEEDS.items()},
     # Paraphrase and STS alone with the best multi-task row's encoding, head, pooling and learning rate.
     "para-finetune-cross-mean-lr5e-5": (PARA_ALONE, {}),
-    # Paraphrase alone at the student's budget (7 x 10,000: 70,000 pairs, against the teacher's 30,000), in bfloat16
-    # with three seeds: the teacher still rose at its last epoch (0.815, 0.824, 0.835), where SST alone and STS alone
-    # had peaked by their second or third.
-    **{f"para-finetune-cross-mean-lr5e-5-bf16{suffix}": ([*PARA_ALONE, "--dtype", "bfloat16", *seed], {})
-       for suffix, seed in SEEDS.items()},
     "sts-finetune-cosine-scaled-lr5e-5": (STS_ALONE, {}),
-    # The same in bfloat16 with three seeds: the STS ensemble teacher (STS_ENSEMBLE).
-    **{f"sts-finetune-cosine-scaled-lr5e-5-bf16{suffix}": ([*STS_ALONE, "--dtype", "bfloat16", *seed], {})
-       for suffix, seed in SEEDS.items()},
+    # Each task alone with its teacher's setting (ALONE), in bfloat16 with three seeds: the separate single-task
+    # models at any budget (SEPARATE), and for STS the ensemble teacher (STS_ENSEMBLE). They also ran at the student's
+    # budget (7 x 10,000: 70,000 examples of the task, against the teachers' 30,000), as the paraphrase teacher still
+    # rose at its last epoch (0.815, 0.824, 0.835), where SST alone and STS alone had peaked by their second or third.
+    **{f"{name}-bf16{suffix}": ([*flags, "--dtype", "bfloat16", *seed], {})
+       for name, flags in ALONE.values() for suffix, seed in SEEDS.items()},
     # CFIMDB reviews run to 224 tokens on average (87% are longer than 128): the reference reads them whole, up to
     # BERT's 512 positions; the -len128 row cuts them at the default 128.
     "cfimdb-finetune": ([*CFIMDB, "--max-length", "512"], dict(cfimdb=0.966)),
@@ -334,10 +332,10 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]
 # Separate single-task models: label -> task -> its rows (each task scored by the mean of its rows' scores). The
-# bfloat16 ones are the teachers' settings (their default-seed rows' names) with three seeds each.
+# bfloat16 ones are the teachers' settings (ALONE) with three seeds each.
 SEPARATE = {"separate single-task models (the teachers)": {task: names for task, (names, *_) in TEACHERS.items()},
-            "separate single-task models, bfloat16": {task: [f"{names[0]}-bf16{suffix}" for suffix in SEEDS]
-                                                      for task, (names, *_) in TEACHERS.items()}}
+            "separate single-task models, bfloat16": {task: [f"{name}-bf16{suffix}" for suffix in SEEDS]
+                                                      for task, (name, _) in ALONE.items()}}
 # Row -> (row, epochs, examples per task) whose best_encoder/ it starts from instead of the default weights: that
 # row is trained first, at that budget.
 ENCODER_FROM = {**{name: ("cfimdb-finetune", 3, 10000) for name in CFIMDB_STARTED},
