@@ -142,41 +142,44 @@ BORN_AGAIN = ranked("0.02", "-born2", **teacher_files(STUDENT_TEACHERS))
 # rows of weight 2 beside those of weight 1 without teachers (CFIMDB start, 5 x 10,000): sentiment 0.508 against
 # 0.502, overall +0.003 (+0.002, +0.006, +0.000 seed by seed), most on seed 2, the final recipe's lowest seed.
 STRONGER_RDROP = ranked("0.02", "-sts3-rdrop2", rdrop="2", sts=STS_ENSEMBLE)
+
+
+def final_with(tag: str, *flags: str) -> dict[str, list[str]]:
+    """The final recipe (STS_ENSEMBLE_TAUGHT) with `flags` appended, its row names marked by `tag` after "-sts3":
+    row name -> flags, one row per seed."""
+    return {name.replace("-sts3-", f"-sts3-{tag}-"): [*recipe, *flags] for name, recipe in STS_ENSEMBLE_TAUGHT.items()}
+
+
 # The final recipe with the moving average of its parameters over about 1,000 updates (--ema 0.999, 3.2 epochs of
 # 10,000 examples per task) in place of about 200 (0.995): at the recipe's constant learning rate, an average of the
 # late trajectory of one run, as in stochastic weight averaging (the row names keep the recipe's "ema995" prefix).
 # Averages across runs (the seeds' soups) fell below the seeds' mean; one run's iterates stay in one basin.
-LONGER_EMA = {name.replace("-sts3-", "-sts3-ema999-"): [*flags, "--ema", "0.999"]
-              for name, flags in STS_ENSEMBLE_TAUGHT.items()}
+LONGER_EMA = final_with("ema999", "--ema", "0.999")
 # The final recipe with its learning rate decaying linearly from 5e-5 to 0 over the run (--lr-schedule linear) in
 # place of a constant one, as in BERT's own fine-tuning. At the constant rate the scores swing from epoch to epoch
 # (sentiment by up to 0.015 at 7 x 10,000), and at 10 x 10,000 paraphrase and STS fell after their peaks on every
 # seed (paraphrase by 0.004-0.008 from its peak to the last epoch): a rate that reaches 0 lets the last epochs
 # settle. At 3 x 10,000 without teachers the decay cost paraphrase (0.824), which had not converged there; at
 # 7 x 10,000 it rises by 0.004 or less after the fifth epoch.
-LINEAR_DECAY = {name.replace("-sts3-", "-sts3-linear-"): [*flags, "--lr-schedule", "linear"]
-                for name, flags in STS_ENSEMBLE_TAUGHT.items()}
+LINEAR_DECAY = final_with("linear", "--lr-schedule", "linear")
 # The final recipe with its task heads started at zero (--zero-heads, as big_vision fine-tunes) in place of seeded
 # random values. Each seed keeps its sentiment level from the second epoch on (at 7 x 10,000, seed 3 0.500-0.520 and
 # seed 2 0.471-0.487 over epochs 2-7; the same at 10 x 10,000), and a seed draws the heads as well as the data order
 # and dropout (Dodge et al. 2020 found each about as decisive). With zero heads the first updates train the heads
 # alone, and the encoder's gradient then follows heads fitted to it instead of random projections of the error.
-ZERO_HEADS = {name.replace("-sts3-", "-sts3-zeroheads-"): [*flags, "--zero-heads"]
-              for name, flags in STS_ENSEMBLE_TAUGHT.items()}
+ZERO_HEADS = final_with("zeroheads", "--zero-heads")
 # The final recipe at twice its learning rate (--lr 1e-4; the row names keep the recipe's "lr5e-5" prefix). Less
 # movement cost every task: the linear decay, which halves the rate's sum over the run, lowered sentiment, paraphrase
 # and STS on every seed at 7 x 10,000; more steps at the same rate added little (10 x 10,000: +0.0008 ±0.0018).
 # Without teachers, lr 1e-4 with the same moving average gave 0.749 at 5 x 10,000 against 0.747 at 5e-5 (one seed
 # each); the average (--ema 0.995) smooths the larger steps' noise.
-HIGHER_LR = {name.replace("-sts3-", "-sts3-lr1e-4-"): [*flags, "--lr", "1e-4"]
-             for name, flags in STS_ENSEMBLE_TAUGHT.items()}
+HIGHER_LR = final_with("lr1e-4", "--lr", "1e-4")
 # HIGHER_LR with its rate decaying linearly from 1e-4 to 0 over the run (--lr-schedule linear): the same sum of rates
 # as the final recipe's constant 5e-5, spent early. At the constant 1e-4 every task was ahead of the final recipe
 # after the first epoch on every seed (overall +0.008 to +0.010), then paraphrase stayed at 0.838-0.841 from the third
 # epoch on while the recipe's rose to 0.841-0.846, and the best epochs came early (the sixth and fourth) with overall
 # falling 0.009 at the default seed's last epoch: larger steps reach the region sooner and then move about in it.
-DECAYED_HIGHER_LR = {name.replace("-sts3-", "-sts3-lr1e-4-linear-"): [*flags, "--lr", "1e-4", "--lr-schedule", "linear"]
-                     for name, flags in STS_ENSEMBLE_TAUGHT.items()}
+DECAYED_HIGHER_LR = final_with("lr1e-4-linear", "--lr", "1e-4", "--lr-schedule", "linear")
 # The CoSENT setup started from the encoder fine-tuned on CFIMDB (cfimdb-finetune-bf16, ENCODER_FROM): whether the
 # CFIMDB start, which lifted sentiment without teachers (over three seeds at 5 x 10,000: 0.490 against 0.483 for
 # ...-ema995; with R-Drop 0.5, 0.496 against one seed's 0.491), still adds once every task learns from a teacher.
