@@ -28,19 +28,31 @@ CASES = {
 }
 
 
+def prediction_rows(text: str) -> list[tuple[str, float]]:
+    """A predictions file's rows (after its header) as (id, value)."""
+    return [(row.split(" , ")[0], float(row.split(" , ")[1])) for row in text.splitlines()[1:]]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_builtin_tasks_give_the_numbers_recorded_before_the_registry(tiny_encoder, small_data, tmp_path, case):
     """Losses, dev metrics and test predictions of tiny runs equal those the code gave when the four tasks were
-    spelled out in code (tests/data/runs_before_the_task_registry.json). Runs with para are not among them: its
-    training stream is now keyed by its one name, para, where it was keyed by quora."""
+    spelled out in code (tests/data/runs_before_the_task_registry.json), up to float32 rounding: on the CPU where
+    they were recorded they are equal bit for bit, on another CPU XLA's float32 kernels round otherwise (an Intel
+    Xeon, family 6 model 207: losses within 8.3e-8 of them, relative; Pearson's r of the tiny model's STS scores,
+    which span about 0.001, within 4.2e-4; predictions as written, 4 decimals, equal). Runs with para are not among
+    them: its training stream is now keyed by its one name, para, where it was keyed by quora."""
     recorded = json.loads(RECORDED.read_text())[case]
     loop.train(tiny_config(tiny_encoder, small_data, **CASES[case]), tmp_path / "run", quiet=True)
     got = read_metrics(tmp_path / "run")
-    assert [r["loss"] for r in got] == [r["loss"] for r in recorded["epochs"]]  # bitwise
-    # Pearson's r is np.corrcoef now: the same value up to float64 rounding.
-    assert [r["dev"] for r in got] == [pytest.approx(r["dev"], rel=1e-13, abs=1e-15) for r in recorded["epochs"]]
+    assert [r["loss"] for r in got] == [pytest.approx(r["loss"], rel=1e-6, abs=0) for r in recorded["epochs"]]
+    assert [r["dev"] for r in got] == [pytest.approx(r["dev"], rel=0, abs=2e-3) for r in recorded["epochs"]]
     for name, text in recorded["predictions"].items():
-        assert (tmp_path / "run" / "predictions" / name).read_text() == text
+        written = (tmp_path / "run" / "predictions" / name).read_text()
+        assert written.splitlines()[0] == text.splitlines()[0]
+        want, have = prediction_rows(text), prediction_rows(written)
+        assert [i for i, _ in have] == [i for i, _ in want]
+        # Labels exactly; scores to one unit of their 4th decimal, which may round either way.
+        assert [v for _, v in have] == [pytest.approx(v, rel=0, abs=1.5e-4) for _, v in want]
 
 
 TOML = """
