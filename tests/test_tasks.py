@@ -15,6 +15,7 @@ from data.input_pipeline import length_sorted_batches
 from data.tasks import DataError, MalformedRowWarning, load_task_file, registry
 from train import evaluate, loop, main, predict
 from tests.helpers import tiny_config
+from train.metrics import predictions_dir, read_predictions
 from train.run import Run, read_metrics
 from train.step import make_grad_fns
 
@@ -26,11 +27,6 @@ CASES = {
     "sts-linear-binary": dict(tasks=("sts",)),
     "sts-cosine-binary-ema": dict(tasks=("sts",), regression_head="cosine", ema=0.5),
 }
-
-
-def prediction_rows(text: str) -> list[tuple[str, float]]:
-    """A predictions file's rows (after its header) as (id, value)."""
-    return [(row.split(" , ")[0], float(row.split(" , ")[1])) for row in text.splitlines()[1:]]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -47,12 +43,13 @@ def test_builtin_tasks_give_the_numbers_recorded_before_the_registry(tiny_encode
     assert [r["loss"] for r in got] == [pytest.approx(r["loss"], rel=1e-6, abs=0) for r in recorded["epochs"]]
     assert [r["dev"] for r in got] == [pytest.approx(r["dev"], rel=0, abs=2e-3) for r in recorded["epochs"]]
     for name, text in recorded["predictions"].items():
-        written = (tmp_path / "run" / "predictions" / name).read_text()
-        assert written.splitlines()[0] == text.splitlines()[0]
-        want, have = prediction_rows(text), prediction_rows(written)
-        assert [i for i, _ in have] == [i for i, _ in want]
+        written, recorded_file = predictions_dir(tmp_path / "run") / name, tmp_path / name
+        recorded_file.write_text(text)
+        assert written.read_text().splitlines()[0] == text.splitlines()[0]
+        want, have = read_predictions(recorded_file), read_predictions(written)
+        assert list(have) == list(want)
         # Labels exactly; scores to one unit of their 4th decimal, which may round either way.
-        assert [v for _, v in have] == [pytest.approx(v, rel=0, abs=1.5e-4) for _, v in want]
+        assert list(have.values()) == [pytest.approx(v, rel=0, abs=1.5e-4) for v in want.values()]
 
 
 TOML = """
