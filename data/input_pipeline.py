@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_flax.tokenizer import Tokenizer
 from data.atomic import atomic_write
-from data.tasks import TaskSpec
+from data.tasks import DataError, TaskSpec
 from data.tfds_builders import get_builder, load_split, task_spec
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "STRATEGIES",
     "default_tokenizer",
     "EncodedSplit",
+    "fold_of",
     "encode_split",
     "untruncated_lengths",
     "choose_buckets",
@@ -110,12 +111,15 @@ class EncodedSplit:
 
     def head(self, count: int) -> EncodedSplit:
         """The first `count` examples in file order (all of them if fewer), with the padding row."""
-        if count >= len(self):
-            return self
-        keep = np.append(np.arange(count), -1)
+        return self if count >= len(self) else self.select(np.arange(count))
+
+    def select(self, rows: np.ndarray) -> EncodedSplit:
+        """The examples at positions `rows` (in that order), with the padding row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        keep = np.append(rows, -1)
         return dataclasses.replace(
-            self, ids=self.ids[:count], labels=None if self.labels is None else self.labels[:count],
-            teacher=None if self.teacher is None else self.teacher[:count], input_ids=self.input_ids[:, keep],
+            self, ids=[self.ids[i] for i in rows], labels=None if self.labels is None else self.labels[rows],
+            teacher=None if self.teacher is None else self.teacher[rows], input_ids=self.input_ids[:, keep],
             token_type_ids=self.token_type_ids[:, keep], lengths=self.lengths[:, keep],
         )
 
@@ -143,6 +147,13 @@ class EncodedSplit:
             token_type_ids=stacked(self.token_type_ids, other.token_type_ids),
             lengths=stacked(self.lengths, other.lengths),
         )
+
+
+def fold_of(ids: Sequence[str], folds: int) -> np.ndarray:
+    """Each row's fold, 0 .. folds - 1, from a hash of its id alone: the same row is in the same fold whatever the
+    file's order or its other rows (cross-fitted teachers, `TaskData`'s holdout)."""
+    return np.array([int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little") % folds for i in ids],
+                    dtype=np.int64)
 
 
 def _sha256_file(path: Path) -> str:
@@ -338,7 +349,9 @@ class TaskData:
     twice: the pairs as given, then the same pairs with their sentences swapped;
     `split(name, swapped=True)` gives any file split's pairs swapped. `teach`
     gives the training rows soft targets (data/teachers.py), which their batches
-    then carry as "teacher".
+    then carry as "teacher". With `holdout=(k, n)` the training rows leave out
+    fold k of n (1-based; `fold_of`), the rows `held_out_mask` marks: a
+    teacher trained so predicts rows it never saw.
     """
 
     def __init__(
@@ -353,9 +366,12 @@ class TaskData:
         data_dir: str | Path | None = None,
         source_dir: str | Path | None = None,
         swap_pairs: bool = False,
+        holdout: tuple[int, int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if holdout is not None and not 1 <= holdout[0] <= holdout[1]:
+            raise ValueError(f"holdout: fold {holdout[0]} of {holdout[1]} does not exist")
         self.spec = task_spec(task, source_dir)
         self.name = self.spec.name
         self.batch_size = batch_size
@@ -368,15 +384,29 @@ class TaskData:
                                                       tokenizer=tokenizer or default_tokenizer(), data_dir=data_dir)
         self._splits = {"train": self._encode("train")}
         self.swap_pairs = swap_pairs
+        self.holdout = holdout
         self.teach(None)
         self.mode = self.train.mode
         self.buckets = choose_buckets(self.train.key_lengths, max_length, num_buckets)
 
     def teach(self, targets: np.ndarray | None) -> None:
         """Gives the training file's rows (in file order) soft targets, which their batches then carry."""
-        train = dataclasses.replace(self.split("train"), teacher=targets)
-        self._train = train.concatenate(dataclasses.replace(self.split("train", swapped=True), teacher=targets)) \
+        kept = np.flatnonzero(~self.held_out_mask())
+        if not len(kept):
+            raise DataError(f"{self.spec.files['train']}: holding out fold {self.holdout[0]} of {self.holdout[1]} "
+                            f"leaves no training rows")
+        train = dataclasses.replace(self.split("train"), teacher=targets).select(kept)
+        self._train = train.concatenate(
+            dataclasses.replace(self.split("train", swapped=True), teacher=targets).select(kept)) \
             if self.swap_pairs else train
+
+    def held_out_mask(self) -> np.ndarray:
+        """Per row of the training file, True where the holdout leaves it out of training (none without one)."""
+        ids = self.split("train").ids
+        if self.holdout is None:
+            return np.zeros(len(ids), dtype=bool)
+        fold, folds = self.holdout
+        return fold_of(ids, folds) == fold - 1
 
     def cut_share(self) -> float:
         """The share of the training file's sequences that `max_length` cuts: its sentences, or in cross mode its
@@ -388,7 +418,8 @@ class TaskData:
 
     @property
     def train(self) -> EncodedSplit:
-        """The training rows (the training file's, twice with `swap_pairs`), with their teacher targets."""
+        """The training rows (the training file's less any held-out fold, twice with `swap_pairs`), with their
+        teacher targets."""
         return self._train
 
     def split(self, name: str, swapped: bool = False) -> EncodedSplit:

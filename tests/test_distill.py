@@ -1,5 +1,6 @@
 """Distillation from teacher files: the losses against float64 NumPy, the annealed gold share per step, teacher
-files made from runs and refused when they do not fit, and a killed student that resumes to the same numbers."""
+files made from runs and refused when they do not fit, a killed student that resumes to the same numbers, and
+cross-fitted teachers (runs that each hold out a fold of the rows they then predict)."""
 
 import dataclasses
 import json
@@ -10,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data import input_pipeline
 from data.tasks import DataError
 from data.teachers import read_teacher, write_teacher
 from tests.helpers import InterruptAfter, cosent_float64, tiny_config
-from train import loop, main, teach
+from train import cli, loop, main, teach
+from train.config import ConfigError
 from train.losses import distillation_loss, gold_share
-from train.run import Run, load_run
+from train.run import Run, RunError, load_run
 from train.step import make_grad_fns
 
 
@@ -159,3 +162,65 @@ def test_a_killed_student_resumes_to_the_same_numbers(teacher_run, tiny_encoder,
     ours, reference = (jax.device_get(load_run(tmp_path / d)[1]) for d in ("killed", "whole"))
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_holdout_leaves_out_one_fold_of_rows_chosen_by_id(small_data):
+    ids = [f"row{i}" for i in range(300)]
+    folds = input_pipeline.fold_of(ids, 3)
+    assert set(folds) == {0, 1, 2} and all(60 < np.sum(folds == k) < 140 for k in range(3))
+    shuffled = np.random.default_rng(0).permutation(300)
+    np.testing.assert_array_equal(input_pipeline.fold_of([ids[i] for i in shuffled], 3), folds[shuffled])
+    for swap in (False, True):
+        full = input_pipeline.TaskData("para", mode="cross", data_dir=small_data, source_dir=small_data,
+                                       swap_pairs=swap, max_length=32)
+        train_ids = full.split("train").ids
+        kept = set()
+        for k in (1, 2, 3):
+            data = input_pipeline.TaskData("para", mode="cross", data_dir=small_data, source_dir=small_data,
+                                           swap_pairs=swap, max_length=32, holdout=(k, 3))
+            held = {i for i, out in zip(train_ids, data.held_out_mask()) if out}
+            assert held == {i for i, f in zip(train_ids, input_pipeline.fold_of(train_ids, 3)) if f == k - 1}
+            assert held and set(data.train.ids) == set(train_ids) - held
+            rows = np.flatnonzero(~data.held_out_mask())
+            rows = np.concatenate([rows, len(train_ids) + rows]) if swap else rows  # the swapped copies follow
+            np.testing.assert_array_equal(data.train.input_ids[:, :-1], full.train.input_ids[:, rows])
+            kept |= held
+        assert kept == set(train_ids)
+
+
+@pytest.mark.parametrize("value", ["sst=0/3", "sst=4/3", "sst=1/1", "sst=1", "para=1/2", "sst=a/b"])
+def test_a_holdout_that_does_not_exist_is_refused_by_name(value, tiny_encoder, small_data):
+    with pytest.raises(ConfigError, match=re.escape(f"--holdout {value!r}")):
+        tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"), holdout=value)
+
+
+def test_a_cross_fitted_teacher_predicts_each_row_from_the_run_that_held_it_out(teacher_run, tiny_encoder, small_data,
+                                                                               tmp_path):
+    folds = []
+    for k in (1, 2):
+        run_dir = tmp_path / f"fold{k}"
+        config = tiny_config(tiny_encoder, small_data, tasks=("sst", "sts"), epochs=1, holdout=f"sst={k}/2", seed=k)
+        loop.train(config, run_dir, quiet=True)
+        folds.append(run_dir)
+    teacher = teach.make_teacher("sst", folds, tmp_path / "sst.npz")
+    expected = np.zeros_like(teacher)
+    for run_dir in folds:
+        run, params = load_run(run_dir)
+        data = run.data["sst"]
+        assert len(data.train) < len(data.split("train"))  # the held-out rows were not trained on
+        expected[data.held_out_mask()] = teach.teacher_targets(run, params, "sst")[data.held_out_mask()]
+    np.testing.assert_allclose(teacher, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(teacher.sum(-1), 1, atol=1e-5)
+    with pytest.raises(RunError, match=r"no run held out \d+ of sst's 96 training rows"):
+        teach.make_teacher("sst", folds[:1], tmp_path / "half.npz")
+    with pytest.raises(RunError, match="mixes runs that hold out a fold"):
+        teach.make_teacher("sst", [*folds, teacher_run], tmp_path / "mixed.npz")
+    assert not (tmp_path / "half.npz").exists() and not (tmp_path / "mixed.npz").exists()
+    # The other task of the fold runs saw all its rows: an ordinary teacher.
+    assert teach.make_teacher("sts", folds, tmp_path / "sts.npz").shape == (96,)
+
+
+def test_holdouts_on_the_command_line(tiny_encoder, small_data):
+    config, _ = cli.parse_args(["--tasks", "sst,sts", "--holdout", "sst=1/3", "--holdout", "sts=5/5",
+                                "--init-checkpoint", str(tiny_encoder), "--data-dir", str(small_data)])
+    assert config.holdout == "sst=1/3,sts=5/5" and config.holdouts() == {"sst": (1, 3), "sts": (5, 5)}

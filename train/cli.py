@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("teacher-weight", "the distillation loss's share of a taught task's objective", float)
     flag("teacher-annealing", "instead of --teacher-weight, the gold loss's share rises linearly from 0 at the first "
                               "update to 1 at the last (teacher annealing, Clark et al. 2019)")
+    p.add_argument("--holdout", action="append", metavar="TASK=K/N",
+                   help="train without fold K of N of TASK's training rows (folds by a hash of the row id), so that "
+                        "`python -m train.teach` over the N runs predicts every row from a run that never saw it "
+                        "(a cross-fitted teacher); may be repeated")
     add("select-by", "the dev score that picks the best epoch: overall, or a task of the run")
     flag("tensorboard", "write TensorBoard event files into the run directory (default on; view them with "
                         "`tensorboard --logdir runs/`)")
@@ -151,7 +155,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
         if args.preset not in PRESETS:
             raise ConfigError(f"--preset {args.preset!r} does not exist: choose from {', '.join(PRESETS)}")
         values.update(PRESETS[args.preset], preset=args.preset)
-    field_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task_files", "teachers"}
+    field_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"task_files", "teachers", "holdout"}
     for name, value in vars(args).items():
         if name in field_names and name != "preset" and value is not None:
             values[name] = tuple(t.strip() for t in value.split(",") if t.strip()) if name == "tasks" else value
@@ -159,5 +163,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
         values["task_files"] = tuple(args.task_file)
     if args.teacher:
         values["teachers"] = ",".join(args.teacher)
+    if args.holdout:
+        values["holdout"] = ",".join(args.holdout)
     values.setdefault("dtype", "auto")
     return TrainConfig(**values), args

@@ -78,6 +78,7 @@ class TrainConfig:
     teachers: str = ""  # TASK=FILE[,TASK=FILE]: teacher files (train/teach.py) the tasks also learn from
     teacher_weight: float = 0.5  # the distillation loss's share of a taught task's objective
     teacher_annealing: bool = False  # instead, the gold share rises linearly from 0 to 1 over the run (BAM)
+    holdout: str = ""  # TASK=K/N[,...]: train without fold K of N of TASK's training rows (a cross-fitted teacher)
     select_by: str = "overall"  # the dev score that picks the best epoch: overall, or a task's metric
     tensorboard: bool = True  # TensorBoard event files in the run directory
     log_every: int = 50  # steps between TensorBoard points of the training losses and learning rate
@@ -161,6 +162,7 @@ class TrainConfig:
                               f"({','.join(self.tasks)})")
         self._loss_weights()
         self.teacher_files()
+        self.holdouts()
         if not 0 <= self.teacher_weight <= 1:
             raise ConfigError(f"--teacher-weight {self.teacher_weight}: must be in [0, 1]")
         for flag, value, modes, kinds in self._per_task_flags():
@@ -231,6 +233,14 @@ class TrainConfig:
         return _task_values("--teacher", self.teachers, self.tasks, lambda path: path or None,
                             f"TASK=FILE[,TASK=FILE] with TASK among the run's tasks ({','.join(self.tasks)})")
 
+    def holdouts(self) -> dict[str, tuple[int, int]]:
+        """{task: (K, N)} of --holdout: the task trains without fold K of N of its training rows."""
+        if not self.holdout:
+            return {}
+        return _task_values("--holdout", self.holdout, self.tasks, _fold,
+                            f"TASK=K/N[,TASK=K/N] with TASK among the run's tasks ({','.join(self.tasks)}), N >= 2 "
+                            "folds and K among 1 .. N")
+
     def to_json(self, path: str | Path) -> None:
         """Writes the config as JSON."""
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -298,3 +308,12 @@ def _positive_float(text: str) -> float | None:
     except ValueError:
         return None
     return number if 0 < number < float("inf") else None
+
+
+def _fold(text: str) -> tuple[int, int] | None:
+    fold, _, folds = text.partition("/")
+    try:
+        k, n = int(fold), int(folds)
+    except ValueError:
+        return None
+    return (k, n) if n >= 2 and 1 <= k <= n else None

@@ -172,6 +172,7 @@ class Run:
                     num_buckets=cfg.num_buckets,
                     tokenizer=self.tokenizer,
                     swap_pairs=cfg.swap_pairs and cfg.sequence_mode(task) == "cross",
+                    holdout=cfg.holdouts().get(task),
                 )
                 for task in cfg.tasks
             }
