@@ -391,14 +391,14 @@ class TaskData:
 
     def teach(self, targets: np.ndarray | None) -> None:
         """Gives the training file's rows (in file order) soft targets, which their batches then carry."""
-        kept = np.flatnonzero(~self.held_out_mask())
-        if not len(kept):
-            raise DataError(f"{self.spec.files['train']}: holding out fold {self.holdout[0]} of {self.holdout[1]} "
-                            f"leaves no training rows")
-        train = dataclasses.replace(self.split("train"), teacher=targets).select(kept)
-        self._train = train.concatenate(
-            dataclasses.replace(self.split("train", swapped=True), teacher=targets).select(kept)) \
-            if self.swap_pairs else train
+        orders = [dataclasses.replace(encoded, teacher=targets) for encoded in self.orders("train")]
+        if self.holdout is not None:
+            kept = np.flatnonzero(~self.held_out_mask())
+            if not len(kept):
+                raise DataError(f"{self.spec.files['train']}: holding out fold {self.holdout[0]} of "
+                                f"{self.holdout[1]} leaves no training rows")
+            orders = [encoded.select(kept) for encoded in orders]
+        self._train = orders[0] if len(orders) == 1 else orders[0].concatenate(orders[1])
 
     def held_out_mask(self) -> np.ndarray:
         """Per row of the training file, True where the holdout leaves it out of training (none without one)."""
@@ -421,6 +421,10 @@ class TaskData:
         """The training rows (the training file's less any held-out fold, twice with `swap_pairs`), with their
         teacher targets."""
         return self._train
+
+    def orders(self, name: str) -> list[EncodedSplit]:
+        """A file's split as the model reads it: the split, then with `swap_pairs` its pairs swapped."""
+        return [self.split(name)] + ([self.split(name, swapped=True)] if self.swap_pairs else [])
 
     def split(self, name: str, swapped: bool = False) -> EncodedSplit:
         """A file's split ("train", "dev", "test"), encoded on first use; `swapped`: its pairs as [CLS] b [SEP] a

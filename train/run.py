@@ -257,7 +257,7 @@ class Run:
         for task in self.config.tasks:
             if split in self.splits(task):
                 data = self.data[task]
-                orders = [data.split(split)] + ([data.split(split, swapped=True)] if data.swap_pairs else [])
+                orders = data.orders(split)
                 if max_examples:
                     orders = [encoded.head(max_examples) for encoded in orders]
                 label = f"{during} {split} {task}".lstrip()

@@ -30,7 +30,7 @@ def teacher_targets(run: Run, params, task: str, rows: np.ndarray | None = None)
     """One run's targets for `task`'s training rows in file order (those at positions `rows`, or all): class
     probabilities ((n, 2) for a two-class pair task), or scores on the label's scale."""
     spec, data = run.config.spec(task), run.data[task]
-    orders = [data.split("train")] + ([data.split("train", swapped=True)] if data.swap_pairs else [])
+    orders = data.orders("train")
     if rows is not None:
         orders = [encoded.select(rows) for encoded in orders]
     outputs = run.predictor.outputs(params, task, orders[0], data.buckets, *orders[1:])
@@ -57,14 +57,15 @@ def make_teacher(task: str, run_dirs: list[Path], out: Path) -> np.ndarray:
         held_out.add(data.holdout is not None)
         if len(held_out) > 1:
             raise RunError(f"{run_dir}: mixes runs that hold out a fold of {task}'s rows with runs that saw them all")
-        mask = data.held_out_mask() if data.holdout else np.ones(len(run_ids), dtype=bool)
+        rows = np.flatnonzero(data.held_out_mask()) if data.holdout else None  # None: every row
         ids, spec = run_ids, run.config.spec(task)
-        targets = teacher_targets(run, params, task, np.flatnonzero(mask))
+        targets = teacher_targets(run, params, task, rows)
         if total is None:
             total, count = np.zeros((len(ids), *targets.shape[1:]), np.float32), np.zeros(len(ids), np.int64)
-        total[mask] += targets
-        count[mask] += 1
-        print(f"{run_dir}: {task} targets for {int(mask.sum())} of {len(ids)} training rows", flush=True)
+        index = slice(None) if rows is None else rows
+        total[index] += targets
+        count[index] += 1
+        print(f"{run_dir}: {task} targets for {len(targets)} of {len(ids)} training rows", flush=True)
     if not count.all():
         missing = np.flatnonzero(count == 0)
         raise RunError(f"no run held out {len(missing)} of {task}'s {len(ids)} training rows (the first: "
