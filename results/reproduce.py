@@ -38,8 +38,8 @@ RESULTS = Path(__file__).resolve().parent
 REPO = RESULTS.parent
 sys.path.insert(0, str(REPO))
 from results.rows import (BEST_ROWS, ENCODER_FROM, MULTITASK, PAIRED_ACROSS_BUDGETS,  # noqa: E402
-                          PAIRED_WITH, ROW_DTYPE, ROW_POOL, ROWS, SAMPLES_FRACTION, SEPARATE, SETUPS, SOUPS,
-                          TEACHER_FILES)
+                          PAIRED_WITH, REPLICATED_ON, ROW_DTYPE, ROW_POOL, ROWS, SAMPLES_FRACTION, SEPARATE,
+                          SETUPS, SOUPS, TEACHER_FILES)
 from train.metrics import predictions_dir  # noqa: E402
 
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
@@ -260,13 +260,30 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
             *table]
 
 
+def replication_scores() -> tuple[dict, dict]:
+    """The rows rerun on another CPU (results/replications/<cpu>/<budget>/<row>/): scores and finished, keyed by
+    ("<cpu>/<budget>", row) as summarize() keys a budget's rows."""
+    scores, finished = {}, {}
+    for folder in sorted((RESULTS / "replications").glob("*/*x*/*")):
+        if (folder / "metrics.jsonl").exists() and (folder / "run.json").exists():
+            key = (f"{folder.parent.parent.name}/{folder.parent.name}", folder.name)
+            scores[key] = max(epoch_records(folder), key=lambda r: r["dev"]["overall"])["dev"]
+            finished[key] = json.loads((folder / "run.json").read_text()).get("finished", True)
+    return scores, finished
+
+
 def paired_table(scores: dict, finished: dict) -> list[str]:
     """The PAIRED_WITH and PAIRED_ACROSS_BUDGETS table: where both sides' rows all finished, the mean and standard
     error of the per-seed differences (setup minus what it is compared with), and the overall difference of each
-    seed."""
+    seed. A setup of REPLICATED_ON is also compared with its PAIRED_WITH rows rerun on its CPU (keys
+    ("<cpu>/<budget>", row), `replication_scores`)."""
     comparisons = [(tag, setup, base, [((tag, ours), (tag, theirs))
                                        for ours, theirs in zip(SETUPS[setup], SETUPS[base])])
                    for tag in budgets() for setup, base in PAIRED_WITH.items()]
+    comparisons += [(tag, setup, f"{PAIRED_WITH[setup]}, rerun on {cpu}",
+                     [((tag, ours), (f"{cpu}/{tag}", theirs))
+                      for ours, theirs in zip(SETUPS[setup], SETUPS[PAIRED_WITH[setup]])])
+                    for tag in budgets() for setup, cpu in REPLICATED_ON.items()]
     comparisons += [(tag, setup, f"the same setup at {smaller}",
                      [((tag, row), (smaller, row)) for row in SETUPS[setup]])
                     for setup, tag, smaller in PAIRED_ACROSS_BUDGETS]
@@ -352,7 +369,8 @@ def summarize() -> None:
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
                       "| device | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|", *table]
     lines += setup_table(scores, finished)
-    lines += paired_table(scores, finished)
+    rerun_scores, rerun_finished = replication_scores()
+    lines += paired_table({**scores, **rerun_scores}, {**finished, **rerun_finished})
     lines += ["", "![rows](rows.png)", ""]
     multitask = [key for key in scores if key[1] in MULTITASK]
     chosen = [(tag, name) for name, tag in BEST_ROWS if finished.get((tag, name))]

@@ -360,6 +360,11 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
                **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
                   for setup in BESIDE_RANKED},
                **{setup: STS_ENSEMBLE_SETUP for setup in BESIDE_FINAL}}
+# Setup -> the CPU it trained on, where that is not the AMD EPYCs of the rows it is compared with (PAIRED_WITH): the
+# same seed gives other bfloat16 numbers there, so it is compared as well with those rows rerun on that CPU, in
+# results/replications/<cpu>/<budget>/.
+REPLICATED_ON = {"the final recipe with SST taught by a cross-fitted teacher (three folds, three seeds), bfloat16":
+                 "xeon207"}
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]

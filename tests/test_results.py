@@ -189,6 +189,8 @@ def test_the_row_table_names_only_what_exists():
     assert all(set(members) <= names for members in rows.SETUPS.values())
     assert {*rows.PAIRED_WITH, *rows.PAIRED_WITH.values(), *(s for s, *_ in rows.PAIRED_ACROSS_BUDGETS)} <= set(
         rows.SETUPS)
+    assert set(rows.REPLICATED_ON) <= set(rows.PAIRED_WITH)
+    assert all((REPO / "results" / "replications" / cpu).is_dir() for cpu in rows.REPLICATED_ON.values())
     separate = [names for models in rows.SEPARATE.values() for names in models.values()]
     assert all(set(members) <= set(rows.ROWS) for members in [*rows.SOUPS.values(), *separate])
     assert {*rows.ENCODER_FROM, *(source for source, *_ in rows.ENCODER_FROM.values())} <= set(rows.ROWS)
@@ -204,6 +206,7 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
     monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
     monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [])
+    monkeypatch.setattr(reproduce, "REPLICATED_ON", {})
     monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
     overall = {"b1": 0.70, "b2": 0.74, "b3": 0.72, "n1": 0.71, "n2": 0.74, "n3": 0.75}
     scores = {("2x10", name): {"sst": 0.5, "para": 0.8, "sts": 0.85, "overall": value}
@@ -215,6 +218,40 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
     assert row[8] == "+0.010 / +0.000 / +0.030 |" and row[4] == "+0.000 ±0.000"
     finished["2x10", "n3"] = False  # a setup with a row still training has no line
     assert reproduce.paired_table(scores, finished) == []
+
+
+def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch, tmp_path):
+    """REPLICATED_ON: the setup's rows against its PAIRED_WITH rows rerun on its CPU, read from
+    results/replications/<cpu>/<budget>/<row>/ (best epoch by overall), beside the comparison with the rows here."""
+    reproduce = results_module("reproduce")
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
+    monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
+    monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [])
+    monkeypatch.setattr(reproduce, "REPLICATED_ON", {"new": "cpu9"})
+    monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
+    for name, epochs in {"b1": [0.70, 0.73], "b2": [0.75, 0.71], "b3": [0.72, 0.72]}.items():
+        folder = tmp_path / "replications" / "cpu9" / "2x10" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": i, "dev": {"sst": 0.5, "para": 0.8, "sts": 0.8, "overall": value}}) + "\n"
+            for i, value in enumerate(epochs)))
+        (folder / "run.json").write_text(json.dumps({"finished": name != "b3"}))
+    rerun_scores, rerun_finished = reproduce.replication_scores()
+    assert rerun_scores["cpu9/2x10", "b1"]["overall"] == 0.73 and rerun_scores["cpu9/2x10", "b2"]["overall"] == 0.75
+    assert rerun_finished == {("cpu9/2x10", "b1"): True, ("cpu9/2x10", "b2"): True, ("cpu9/2x10", "b3"): False}
+    overall = {"b1": 0.70, "b2": 0.74, "b3": 0.72, "n1": 0.74, "n2": 0.74, "n3": 0.75}
+    scores = {("2x10", name): {"sst": 0.5, "para": 0.8, "sts": 0.85, "overall": value}
+              for name, value in overall.items()}
+    finished = {key: True for key in scores}
+    assert len([line for line in reproduce.paired_table({**scores, **rerun_scores}, {**finished, **rerun_finished})
+                if line.startswith("| 2x10")]) == 1  # a rerun row still training: no line for the rerun
+    rerun_finished["cpu9/2x10", "b3"] = True
+    here, rerun = reproduce.paired_table({**scores, **rerun_scores}, {**finished, **rerun_finished})[-2:]
+    assert here.split(" | ")[2] == "base"
+    row = rerun.split(" | ")
+    assert row[:4] == ["| 2x10", "new", "base, rerun on cpu9", "3"]
+    assert row[8] == "+0.010 / -0.010 / +0.030 |" and row[6] == "+0.050 ±0.000"
 
 
 def test_each_set_of_separate_models_is_scored_by_its_tasks_means(monkeypatch):
@@ -244,6 +281,7 @@ def test_a_setup_is_paired_with_itself_at_a_smaller_budget(monkeypatch):
     reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "SETUPS", {"new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {})
+    monkeypatch.setattr(reproduce, "REPLICATED_ON", {})
     monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [("new", "5x10", "3x10"), ("new", "7x10", "5x10")])
     overall = {("3x10", "n1"): 0.70, ("3x10", "n2"): 0.74, ("3x10", "n3"): 0.72,
                ("5x10", "n1"): 0.72, ("5x10", "n2"): 0.75, ("5x10", "n3"): 0.72,
