@@ -4,7 +4,8 @@ A teacher file (train/teach.py) holds a teacher's targets on its task's training
 the share of rows whose most probable class is the gold one, the mean probability of the gold class and the mean
 entropy (nats); for scores, their Pearson correlation with the gold scores and the mean absolute difference. A teacher
 that trained on the rows it predicts fits them far better than it predicts unseen data, and its targets then carry
-little beyond the gold labels; a cross-fitted teacher (`train.main --holdout`) predicts each row unseen.
+little beyond the gold labels; a cross-fitted teacher (`train.main --holdout`) predicts each row unseen. A task
+declared in a task file of one's own needs that file (`--task-file TOML`, as for train.main).
 """
 
 from __future__ import annotations
@@ -39,14 +40,23 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cs224n",
                         help="folder of the built-in tasks' files")
+    parser.add_argument("--task-file", action="append", default=[], metavar="TOML",
+                        help="a task file declaring the files' tasks beside the built-in ones (repeatable)")
     args = parser.parse_args(argv)
-    tasks = registry((), args.data_dir)
+    try:
+        tasks = registry(tuple(args.task_file), args.data_dir)
+    except (OSError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print("| teacher file | task | rows | agreement with gold | gold probability | entropy (nats) |")
     print("|---|---|---|---|---|---|")
     for path in args.files:
         try:
             with np.load(path) as f:
                 task = str(f["task"])
+            if task not in tasks:
+                raise DataError(f"{path}: its task {task!r} is not built in; name the task file declaring it with "
+                                "--task-file")
             spec = tasks[task]
             rows = read_rows(spec.files["train"], spec, labeled=True)
             targets = read_teacher(path, spec, rows.ids)

@@ -8,6 +8,7 @@ import pytest
 from data.tasks import read_rows, registry
 from data.teachers import write_teacher
 from tests.helpers import REPO
+from tests.test_tasks import declared_sts_copy
 
 spec = importlib.util.spec_from_file_location("teacher_fit", REPO / "results" / "teacher_fit.py")
 teacher_fit = importlib.util.module_from_spec(spec)
@@ -40,3 +41,20 @@ def test_files_of_gold_targets_fit_exactly_and_others_are_refused(small_data, tm
     write_teacher(tmp_path / "short.npz", tasks["sst"], sst.ids[:-1], np.eye(5)[sst.labels[:-1].astype(int)], ["x"])
     assert teacher_fit.main([str(tmp_path / "short.npz"), "--data-dir", str(small_data)]) == 1
     assert f"{tmp_path / 'short.npz'}: targets of shape" in capsys.readouterr().err
+
+
+def test_a_task_of_ones_own_needs_its_task_file(small_data, tmp_path, capsys):
+    toml = declared_sts_copy(small_data, tmp_path / "mine")
+    tasks = registry((str(toml),), small_data)
+    rows = read_rows(tasks["mysts"].files["train"], tasks["mysts"], labeled=True)
+    write_teacher(tmp_path / "mysts.npz", tasks["mysts"], rows.ids, rows.labels, ["x"])
+    assert teacher_fit.main([str(tmp_path / "mysts.npz"), "--data-dir", str(small_data)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'mysts.npz'}: its task 'mysts' is not built in; name the task file declaring " \
+                  "it with --task-file\n"
+    argv = [str(tmp_path / "mysts.npz"), "--data-dir", str(small_data), "--task-file", str(toml)]
+    assert teacher_fit.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(f"| {tmp_path / 'mysts.npz'} | mysts | {len(rows)} | "
+                                                             "Pearson 1.000 |")
+    assert teacher_fit.main([*argv, "--task-file", str(tmp_path / "none.toml")]) == 1
+    assert str(tmp_path / "none.toml") in capsys.readouterr().err
