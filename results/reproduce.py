@@ -168,6 +168,11 @@ def epoch_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def best_dev(records: list[dict]) -> dict:
+    """The dev scores of the epoch with the best overall score, of a run's epoch records."""
+    return max(records, key=lambda r: r["dev"]["overall"])["dev"]
+
+
 def budgets() -> list[str]:
     """The budgets with rows, trained here (results/runs/) or committed (results/<budget>/), smallest first."""
     tags = {d.name for folder in (RESULTS / "runs", RESULTS) for d in folder.glob("*x*")
@@ -221,7 +226,7 @@ def prefix_scores(tag: str, name: str) -> tuple[str, dict] | None:
             continue
         records = epoch_records(folder)[:epochs]
         if len(records) == epochs:
-            return longer, max(records, key=lambda r: r["dev"]["overall"])["dev"]
+            return longer, best_dev(records)
     return None
 
 
@@ -267,7 +272,7 @@ def replication_scores() -> tuple[dict, dict]:
     for folder in sorted((RESULTS / "replications").glob("*/*x*/*")):
         if (folder / "metrics.jsonl").exists() and (folder / "run.json").exists():
             key = (f"{folder.parent.parent.name}/{folder.parent.name}", folder.name)
-            scores[key] = max(epoch_records(folder), key=lambda r: r["dev"]["overall"])["dev"]
+            scores[key] = best_dev(epoch_records(folder))
             finished[key] = json.loads((folder / "run.json").read_text()).get("finished", True)
     return scores, finished
 
@@ -342,7 +347,7 @@ def summarize() -> None:
                 continue
             info, reference = json.loads((run_dir / "run.json").read_text()), ROWS[name][1] if name in ROWS else {}
             records = epoch_records(run_dir)
-            dev = scores[tag, name] = max(records, key=lambda r: r["dev"]["overall"])["dev"]  # the best epoch's
+            dev = scores[tag, name] = best_dev(records)
             finished[tag, name] = info.get("finished", True)  # run.json of older rows was written when they finished
             done = len(records)
             cells = [f"{dev[t]:.3f} ({reference[t]:.3f})" if t in dev and t in reference

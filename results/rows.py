@@ -333,6 +333,10 @@ STS_ENSEMBLE_SETUP = "the CoSENT setup with STS taught by three STS seeds, bfloa
 BESIDE_RANKED = {STS_ENSEMBLE_SETUP: list(STS_ENSEMBLE_TAUGHT),
                  "the CoSENT setup started from the CFIMDB-tuned encoder, bfloat16": list(CFIMDB_RANKED),
                  "the CoSENT setup at weight 0.05 (--ranking-loss 0.05), bfloat16": list(HEAVIER_RANKED)}
+# The cross-fitted setups as the summary tables name them.
+CROSSFIT_TAUGHT_SETUP = ("the final recipe with SST taught by a cross-fitted teacher (three folds, three seeds), "
+                         "bfloat16")
+CROSSFIT_BOTH_SETUP = "the final recipe with SST and paraphrase taught by cross-fitted teachers, bfloat16"
 # The setups compared seed by seed with the final recipe's rows.
 BESIDE_FINAL = {"the final recipe taught by its own three students (born again), bfloat16": list(BORN_AGAIN),
                 "the final recipe with R-Drop 2 on sentiment, bfloat16": list(STRONGER_RDROP),
@@ -344,9 +348,7 @@ BESIDE_FINAL = {"the final recipe taught by its own three students (born again),
                 "the final recipe at twice its learning rate (--lr 1e-4), bfloat16": list(HIGHER_LR),
                 "the final recipe at twice its learning rate decaying linearly to 0 (--lr 1e-4 --lr-schedule linear), "
                 "bfloat16": list(DECAYED_HIGHER_LR),
-                "the final recipe with SST taught by a cross-fitted teacher (three folds, three seeds), bfloat16":
-                    list(CROSSFIT_TAUGHT),
-                "the final recipe with SST and paraphrase taught by cross-fitted teachers, bfloat16": list(CROSSFIT_BOTH)}
+                CROSSFIT_TAUGHT_SETUP: list(CROSSFIT_TAUGHT), CROSSFIT_BOTH_SETUP: list(CROSSFIT_BOTH)}
 # Setups fixed before their seeds ran: name -> its rows (one per seed). The summary gives each setup's mean,
 # range and standard error at every budget where all its rows finished.
 SETUPS = {
@@ -368,9 +370,7 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
 # Setup -> the CPU it trained on, where that is not the AMD EPYCs of the rows it is compared with (PAIRED_WITH): the
 # same seed gives other bfloat16 numbers there, so it is compared as well with those rows rerun on that CPU, in
 # results/replications/<cpu>/<budget>/.
-REPLICATED_ON = {"the final recipe with SST taught by a cross-fitted teacher (three folds, three seeds), bfloat16":
-                 "xeon207",
-                 "the final recipe with SST and paraphrase taught by cross-fitted teachers, bfloat16": "xeon207"}
+REPLICATED_ON = {CROSSFIT_TAUGHT_SETUP: "xeon207", CROSSFIT_BOTH_SETUP: "xeon207"}
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]
