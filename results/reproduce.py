@@ -5,6 +5,7 @@
     python results/reproduce.py --epochs 10 --samples-per-task 10000   # the reference budget
     python results/reproduce.py --summarize-only
     python results/reproduce.py --jobs 6 --epochs 10 --samples-per-task 10000   # on a GPU: 6 rows at once
+    python results/reproduce.py --rows ROW --epochs 7 --samples-per-task 10000 --replication xeon207
 
 Each row is `python -m train.main` with its flags in ROWS (results/rows.py, with every table named below) plus the
 budget flags; its run directory is results/runs/<epochs>x<samples>/<row>. A finished row is not run again; a stopped
@@ -15,7 +16,10 @@ GPU mostly idle, so rows side by side finish sooner than one after another. The 
 table per budget), results/rows.png, results/best/ (curves and test predictions of the first finished row of
 BEST_ROWS) and copies each row's config.json, metrics.jsonl, run.json and predictions/ into
 results/<epochs>x<samples>/<row>/. A row with no run directory here (a fresh clone has no results/runs/) is
-summarised from that copy, so --summarize-only after training one row keeps every other row.
+summarised from that copy, so --summarize-only after training one row keeps every other row. With --replication CPU
+the rows are reruns on another CPU (where bfloat16 gives a seed other numbers): they train in
+results/runs/replications/<CPU>/<budget>/ and their config.json, metrics.jsonl and run.json go to
+results/replications/<CPU>/<budget>/, where the Paired differences table reads them (REPLICATED_ON).
 """
 
 from __future__ import annotations
@@ -75,16 +79,17 @@ def encoder_flags(name: str) -> list[str]:
     return ["--init-checkpoint", str(RESULTS / "runs" / budget_tag(epochs, samples) / source / "best_encoder")]
 
 
-def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool) -> bool:
-    """Trains one row into results/runs/<budget>/<name> (a soup row: averages its finished ingredient rows there);
-    True when it finished.
+def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], device: str, log_to_file: bool,
+            root: Path) -> bool:
+    """Trains one row into <root>/<budget>/<name> (`root`: results/runs, or a replication's folder in it; a soup
+    row: averages its finished ingredient rows there); True when it finished.
 
     run.json records the command, wall time, commit, device and whether the row finished: a row stopped by
     Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it (a soup
     starts again)."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *ROW_POOL, *ROW_DTYPE, *extra]
-    runs = RESULTS / "runs" / budget_tag(epochs, samples_per_task)
+    runs = root / budget_tag(epochs, samples_per_task)
     run_dir = runs / name
     previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     if previous.get("finished"):
@@ -138,14 +143,16 @@ def make_teachers(names: list[str], extra: list[str], jobs: int) -> bool:
     return True
 
 
-def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int) -> bool:
-    """Runs the rows, `jobs` at a time (logs in each run directory when more than one); True when all are done.
-    Once a row is stopped (Ctrl-C reaches the rows, or this process, which passes it on) no new one starts."""
+def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int,
+             root: Path = RESULTS / "runs") -> bool:
+    """Runs the rows into `root` (run_row), `jobs` at a time (logs in each run directory when more than one); True
+    when all are done. Once a row is stopped (Ctrl-C reaches the rows, or this process, which passes it on) no new
+    one starts."""
     device = device_name()
     stopping = threading.Event()
 
     def one(name: str) -> None:
-        if not stopping.is_set() and not run_row(name, epochs, samples_per_task, extra, device, log_to_file=jobs > 1):
+        if not stopping.is_set() and not run_row(name, epochs, samples_per_task, extra, device, jobs > 1, root):
             stopping.set()
 
     with ThreadPoolExecutor(jobs) as pool:
@@ -265,15 +272,35 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
             *table]
 
 
+def replication_folders() -> dict[tuple[str, str], Path]:
+    """The rows rerun on another CPU, keyed by ("<cpu>/<budget>", row) as summarize() keys a budget's rows: their
+    run directories where they trained here (results/runs/replications/<cpu>/<budget>/<row>/, `--replication`),
+    else their copies in results/replications/<cpu>/<budget>/<row>/."""
+    folders = {}
+    for root in (RESULTS / "replications", RESULTS / "runs" / "replications"):  # a run directory replaces a copy
+        for folder in sorted(root.glob("*/*x*/*")):
+            if (folder / "metrics.jsonl").exists() and (folder / "run.json").exists():
+                folders[f"{folder.parent.parent.name}/{folder.parent.name}", folder.name] = folder
+    return folders
+
+
+def commit_replications() -> None:
+    """Copies the config.json, metrics.jsonl and run.json of each rerun trained here (`replication_folders`) to
+    results/replications/<cpu>/<budget>/<row>/, where a fresh clone reads them."""
+    for (key, name), folder in replication_folders().items():
+        target = RESULTS / "replications" / key / name
+        if folder != target:
+            target.mkdir(parents=True, exist_ok=True)
+            for item in ("config.json", "metrics.jsonl", "run.json"):
+                shutil.copyfile(folder / item, target / item)
+
+
 def replication_scores() -> tuple[dict, dict]:
-    """The rows rerun on another CPU (results/replications/<cpu>/<budget>/<row>/): scores and finished, keyed by
-    ("<cpu>/<budget>", row) as summarize() keys a budget's rows."""
+    """The rows rerun on another CPU (`replication_folders`): scores and finished, by the same keys."""
     scores, finished = {}, {}
-    for folder in sorted((RESULTS / "replications").glob("*/*x*/*")):
-        if (folder / "metrics.jsonl").exists() and (folder / "run.json").exists():
-            key = (f"{folder.parent.parent.name}/{folder.parent.name}", folder.name)
-            scores[key] = best_dev(epoch_records(folder))
-            finished[key] = json.loads((folder / "run.json").read_text()).get("finished", True)
+    for key, folder in replication_folders().items():
+        scores[key] = best_dev(epoch_records(folder))
+        finished[key] = json.loads((folder / "run.json").read_text()).get("finished", True)
     return scores, finished
 
 
@@ -374,6 +401,7 @@ def summarize() -> None:
                       "| row | sentiment | paraphrase | STS corr | overall | reference overall | epochs | wall time "
                       "| device | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|", *table]
     lines += setup_table(scores, finished)
+    commit_replications()
     rerun_scores, rerun_finished = replication_scores()
     lines += paired_table({**scores, **rerun_scores}, {**finished, **rerun_finished})
     lines += ["", "![rows](rows.png)", ""]
@@ -420,16 +448,23 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every row")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at once (for a GPU; default 1)")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--replication", metavar="CPU",
+                        help="the rows are reruns on another CPU, named CPU (for example xeon207): trained in "
+                             "results/runs/replications/CPU/ and summarised into results/replications/CPU/")
     args = parser.parse_args(argv)
+    if args.replication is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.replication):
+        parser.error(f"--replication {args.replication!r}: a folder name of lowercase letters, digits and '-'")
+    root = RESULTS / "runs" if args.replication is None else RESULTS / "runs" / "replications" / args.replication
     soups = [name for name in args.rows if name in SOUPS]
     trained = list(dict.fromkeys([*(name for name in args.rows if name in ROWS),
                                   *(n for s in soups for n in SOUPS[s])]))
     # Rows whose encoder another row starts from, at their own budgets, then the rows, then the soups.
     sources = sorted({ENCODER_FROM[name] for name in trained if name in ENCODER_FROM})
-    stages = [*(([source], epochs, samples) for source, epochs, samples in sources),
-              (trained, args.epochs, args.samples_per_task), (soups, args.epochs, args.samples_per_task)]
+    stages = [*(([source], epochs, samples, RESULTS / "runs") for source, epochs, samples in sources),
+              (trained, args.epochs, args.samples_per_task, root), (soups, args.epochs, args.samples_per_task, root)]
     if not args.summarize_only and not (make_teachers(trained, args.extra, args.jobs) and all(
-            run_rows(names, epochs, samples, args.extra, args.jobs) for names, epochs, samples in stages)):
+            run_rows(names, epochs, samples, args.extra, args.jobs, where)
+            for names, epochs, samples, where in stages)):
         print("stopped: the same command resumes the unfinished rows")
         return 130
     summarize()

@@ -254,6 +254,47 @@ def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch,
     assert row[8] == "+0.010 / -0.010 / +0.030 |" and row[6] == "+0.050 ±0.000"
 
 
+def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypatch, tmp_path, capsys):
+    """--replication CPU: the rows train under results/runs/replications/CPU/ (encoder sources in results/runs/),
+    a rerun trained here is read before its committed copy, and the summary copies it to results/replications/; a
+    CPU name that is no plain folder name is refused by name."""
+    import pytest
+
+    reproduce = results_module("reproduce")
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    calls = []
+    monkeypatch.setattr(reproduce, "make_teachers", lambda *args: True)
+    monkeypatch.setattr(reproduce, "run_rows", lambda names, epochs, samples, extra, jobs, root=None:
+                        calls.append((names, root)) or True)
+    monkeypatch.setattr(reproduce, "summarize", lambda: None)
+    row = next(name for name in reproduce.ROWS if name not in reproduce.ENCODER_FROM)
+    started = next(iter(reproduce.ENCODER_FROM))
+    assert reproduce.main(["--rows", row, started, "--replication", "cpu9"]) == 0
+    rerun = tmp_path / "runs" / "replications" / "cpu9"
+    assert calls == [([reproduce.ENCODER_FROM[started][0]], tmp_path / "runs"), ([row, started], rerun), ([], rerun)]
+    with pytest.raises(SystemExit):
+        reproduce.main(["--rows", row, "--replication", "../cpu9"])
+    assert "--replication '../cpu9'" in capsys.readouterr().err
+
+    def write(folder, overall):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").write_text(json.dumps({"dev": {"overall": overall}}) + "\n")
+        (folder / "run.json").write_text(json.dumps({"finished": True}))
+        (folder / "config.json").write_text("{}")
+
+    write(tmp_path / "replications" / "cpu9" / "2x10" / "b1", 0.70)  # committed earlier
+    write(rerun / "2x10" / "b1", 0.72)  # trained again here
+    write(rerun / "2x10" / "b2", 0.74)
+    assert reproduce.replication_folders() == {("cpu9/2x10", "b1"): rerun / "2x10" / "b1",
+                                               ("cpu9/2x10", "b2"): rerun / "2x10" / "b2"}
+    reproduce.commit_replications()
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone
+    scores, finished = reproduce.replication_scores()
+    assert {key: dev["overall"] for key, dev in scores.items()} == {("cpu9/2x10", "b1"): 0.72,
+                                                                   ("cpu9/2x10", "b2"): 0.74}
+    assert all(finished.values())
+
+
 def test_each_set_of_separate_models_is_scored_by_its_tasks_means(monkeypatch):
     """SEPARATE: one Setups line per set of separate single-task models whose rows all finished at a budget, each
     task the mean of its rows, overall from those means."""
