@@ -134,7 +134,7 @@ def make_teachers(names: list[str], extra: list[str], jobs: int) -> bool:
     needed = sorted(path for path in wanted & TEACHER_FILES.keys() if not (REPO / path).exists())
     for path in needed:
         task, rows, epochs, samples = TEACHER_FILES[path]
-        if not run_rows(rows, epochs, samples, extra, jobs):
+        if not run_rows(rows, epochs, samples, extra, jobs, RESULTS / "runs"):
             return False
         runs = [str(RESULTS / "runs" / budget_tag(epochs, samples) / row) for row in rows]
         (REPO / path).parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def make_teachers(names: list[str], extra: list[str], jobs: int) -> bool:
 
 
 def run_rows(names: list[str], epochs: int, samples_per_task: int, extra: list[str], jobs: int,
-             root: Path = RESULTS / "runs") -> bool:
+             root: Path) -> bool:
     """Runs the rows into `root` (run_row), `jobs` at a time (logs in each run directory when more than one); True
     when all are done. Once a row is stopped (Ctrl-C reaches the rows, or this process, which passes it on) no new
     one starts."""

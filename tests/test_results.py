@@ -264,7 +264,7 @@ def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypa
     monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
     calls = []
     monkeypatch.setattr(reproduce, "make_teachers", lambda *args: True)
-    monkeypatch.setattr(reproduce, "run_rows", lambda names, epochs, samples, extra, jobs, root=None:
+    monkeypatch.setattr(reproduce, "run_rows", lambda names, epochs, samples, extra, jobs, root:
                         calls.append((names, root)) or True)
     monkeypatch.setattr(reproduce, "summarize", lambda: None)
     row = next(name for name in reproduce.ROWS if name not in reproduce.ENCODER_FROM)
