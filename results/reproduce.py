@@ -272,6 +272,14 @@ def setup_table(scores: dict, finished: dict) -> list[str]:
             *table]
 
 
+def copy_records(run_dir: Path, target: Path, items: tuple[str, ...]) -> None:
+    """Copies those of the files `items` that the run directory has into `target`, the row's committed folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if (run_dir / item).exists():
+            shutil.copyfile(run_dir / item, target / item)
+
+
 def replication_folders() -> dict[tuple[str, str], Path]:
     """The rows rerun on another CPU, keyed by ("<cpu>/<budget>", row) as summarize() keys a budget's rows: their
     run directories where they trained here (results/runs/replications/<cpu>/<budget>/<row>/, `--replication`),
@@ -290,9 +298,7 @@ def commit_replications() -> None:
     for (key, name), folder in replication_folders().items():
         target = RESULTS / "replications" / key / name
         if folder != target:
-            target.mkdir(parents=True, exist_ok=True)
-            for item in ("config.json", "metrics.jsonl", "run.json"):
-                shutil.copyfile(folder / item, target / item)
+            copy_records(folder, target, ("config.json", "metrics.jsonl", "run.json"))
 
 
 def replication_scores() -> tuple[dict, dict]:
@@ -391,10 +397,7 @@ def summarize() -> None:
                          f"{command} |")
             target = RESULTS / tag / name
             if run_dir != target:
-                target.mkdir(parents=True, exist_ok=True)
-                for item in ("config.json", "metrics.jsonl", "run.json", "curves.png"):
-                    if (run_dir / item).exists():
-                        shutil.copyfile(run_dir / item, target / item)
+                copy_records(run_dir, target, ("config.json", "metrics.jsonl", "run.json", "curves.png"))
                 shutil.copytree(predictions_dir(run_dir), predictions_dir(target), dirs_exist_ok=True)
         if table:  # a budget whose rows have no finished epoch yet gets no table
             lines += ["", f"## {epochs} epoch(s) x {samples} examples per task", "",
