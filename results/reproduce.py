@@ -25,6 +25,7 @@ results/replications/<CPU>/<budget>/, where the Paired differences table reads t
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import shutil
@@ -444,8 +445,9 @@ def summarize() -> None:
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", choices=[*ROWS, *SOUPS], default=[*ROWS, *SOUPS],
-                        help="rows to run (default: all); a soup row runs its ingredient rows first")
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, *SOUPS], metavar="ROW",
+                        help="rows to run, named as in results/rows.py's ROWS and SOUPS (default: all); a soup row "
+                             "runs its ingredient rows first")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--samples-per-task", type=int, default=2000)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every row")
@@ -455,6 +457,11 @@ def main(argv=None) -> int:
                         help="the rows are reruns on another CPU, named CPU (for example xeon207): trained in "
                              "results/runs/replications/CPU/ and summarised into results/replications/CPU/")
     args = parser.parse_args(argv)
+    for name in args.rows:
+        if name not in ROWS and name not in SOUPS:
+            close = difflib.get_close_matches(name, [*ROWS, *SOUPS], n=3, cutoff=0.8)
+            parser.error(f"--rows {name!r}: no such row in results/rows.py (ROWS, SOUPS)"
+                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
     if args.replication is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.replication):
         parser.error(f"--replication {args.replication!r}: a folder name of lowercase letters, digits and '-'")
     root = RESULTS / "runs" if args.replication is None else RESULTS / "runs" / "replications" / args.replication

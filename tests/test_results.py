@@ -257,7 +257,7 @@ def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch,
 def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypatch, tmp_path, capsys):
     """--replication CPU: the rows train under results/runs/replications/CPU/ (encoder sources in results/runs/),
     a rerun trained here is read before its committed copy, and the summary copies it to results/replications/; a
-    CPU name that is no plain folder name is refused by name."""
+    CPU name that is no plain folder name, and a row name that is no row, are refused by name before anything runs."""
     import pytest
 
     reproduce = results_module("reproduce")
@@ -275,6 +275,11 @@ def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypa
     with pytest.raises(SystemExit):
         reproduce.main(["--rows", row, "--replication", "../cpu9"])
     assert "--replication '../cpu9'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--rows", row, row + "-seed9"])
+    assert f"--rows '{row}-seed9': no such row in results/rows.py (ROWS, SOUPS); did you mean '{row}'" in \
+        capsys.readouterr().err
+    assert len(calls) == 3
 
     def write(folder, overall):
         folder.mkdir(parents=True, exist_ok=True)
