@@ -449,8 +449,7 @@ ROW_DTYPE = ["--dtype", "float32"]
 # It did not (-0.0000 ±0.0027 on that CPU; -0.0031, +0.0054, -0.0024).
 # CROSSFIT_DECAYED_HIGHER_LR at 7 x 10,000 replaces the final recipe's rows here only if it beats them seed by seed by
 # the same margin; it runs on the family-25 EPYC, whose bfloat16 numbers are the family-26 EPYC's.
-# It did not: its default seed scored below the final recipe's (0.7582 against 0.7608; seed 2 0.7611 against 0.7541);
-# seed 3 completes the setup's figures.
+# It did not (+0.0004 ±0.0033; -0.0026, +0.0070, -0.0032): its default seed, the first to run, had settled it.
 # SUMMED_FINAL at 7 x 10,000 replaces the final recipe's rows here only if it beats them seed by seed by the same
 # margin; it runs on the family-26 EPYC, where the final recipe's rows ran.
 FINAL_ROW = next(iter(STS_ENSEMBLE_TAUGHT))  # the final recipe's default seed
