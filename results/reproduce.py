@@ -445,7 +445,8 @@ def summarize() -> None:
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=[*ROWS, *SOUPS], metavar="ROW",
+    names = [*ROWS, *SOUPS]
+    parser.add_argument("--rows", nargs="+", default=names, metavar="ROW",
                         help="rows to run, named as in results/rows.py's ROWS and SOUPS (default: all); a soup row "
                              "runs its ingredient rows first")
     parser.add_argument("--epochs", type=int, default=1)
@@ -458,8 +459,8 @@ def main(argv=None) -> int:
                              "results/runs/replications/CPU/ and summarised into results/replications/CPU/")
     args = parser.parse_args(argv)
     for name in args.rows:
-        if name not in ROWS and name not in SOUPS:
-            close = difflib.get_close_matches(name, [*ROWS, *SOUPS], n=3, cutoff=0.8)
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
             parser.error(f"--rows {name!r}: no such row in results/rows.py (ROWS, SOUPS)"
                          + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
     if args.replication is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.replication):
