@@ -463,6 +463,11 @@ def main(argv=None) -> int:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
             parser.error(f"--rows {name!r}: no such row in results/rows.py (ROWS, SOUPS)"
                          + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
+    own = {option for action in parser._actions for option in action.option_strings} - {"-h", "--help"}
+    for flag in args.extra:
+        if flag.split("=")[0] in own:
+            parser.error(f"--extra ... {flag}: an option of reproduce.py, not of train.main; put it before --extra "
+                         "(everything after --extra goes to each row's train.main)")
     if args.replication is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.replication):
         parser.error(f"--replication {args.replication!r}: a folder name of lowercase letters, digits and '-'")
     root = RESULTS / "runs" if args.replication is None else RESULTS / "runs" / "replications" / args.replication

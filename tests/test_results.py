@@ -257,7 +257,8 @@ def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch,
 def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypatch, tmp_path, capsys):
     """--replication CPU: the rows train under results/runs/replications/CPU/ (encoder sources in results/runs/),
     a rerun trained here is read before its committed copy, and the summary copies it to results/replications/; a
-    CPU name that is no plain folder name, and a row name that is no row, are refused by name before anything runs."""
+    CPU name that is no plain folder name, a row name that is no row, and an option of reproduce.py after --extra
+    (where train.main would get it) are refused by name before anything runs."""
     import pytest
 
     reproduce = results_module("reproduce")
@@ -279,6 +280,9 @@ def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypa
         reproduce.main(["--rows", row, row + "-seed9"])
     assert f"--rows '{row}-seed9': no such row in results/rows.py (ROWS, SOUPS); did you mean '{row}'" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--rows", row, "--extra", "--num-buckets", "8", "--replication", "cpu9"])
+    assert "--extra ... --replication: an option of reproduce.py, not of train.main" in capsys.readouterr().err
     assert len(calls) == 3
 
     def write(folder, overall):
