@@ -311,18 +311,27 @@ def replication_scores() -> tuple[dict, dict]:
     return scores, finished
 
 
+def rerun_label(base: str, rows: list[str]) -> str:
+    """What a setup with rows in REPLICATED_ON is compared with: `base` rerun on their CPUs, naming the seeds (by
+    position in `rows`) when only some of them trained elsewhere."""
+    cpus = sorted({REPLICATED_ON[row] for row in rows if row in REPLICATED_ON})
+    seeds = [str(i) for i, row in enumerate(rows, 1) if row in REPLICATED_ON]
+    return f"{base}, rerun on {' and '.join(cpus)}" + ("" if len(seeds) == len(rows) else f" (seed {', '.join(seeds)})")
+
+
 def paired_table(scores: dict, finished: dict) -> list[str]:
     """The PAIRED_WITH and PAIRED_ACROSS_BUDGETS table: where both sides' rows all finished, the mean and standard
     error of the per-seed differences (setup minus what it is compared with), and the overall difference of each
-    seed. A setup of REPLICATED_ON is also compared with its PAIRED_WITH rows rerun on its CPU (keys
-    ("<cpu>/<budget>", row), `replication_scores`)."""
+    seed. A setup with rows in REPLICATED_ON is also compared with its PAIRED_WITH rows, each of those rows rerun on
+    the CPU its own row trained on (keys ("<cpu>/<budget>", row), `replication_scores`)."""
     comparisons = [(tag, setup, base, [((tag, ours), (tag, theirs))
                                        for ours, theirs in zip(SETUPS[setup], SETUPS[base])])
                    for tag in budgets() for setup, base in PAIRED_WITH.items()]
-    comparisons += [(tag, setup, f"{PAIRED_WITH[setup]}, rerun on {cpu}",
-                     [((tag, ours), (f"{cpu}/{tag}", theirs))
+    comparisons += [(tag, setup, rerun_label(PAIRED_WITH[setup], SETUPS[setup]),
+                     [((tag, ours), (f"{REPLICATED_ON[ours]}/{tag}" if ours in REPLICATED_ON else tag, theirs))
                       for ours, theirs in zip(SETUPS[setup], SETUPS[PAIRED_WITH[setup]])])
-                    for tag in budgets() for setup, cpu in REPLICATED_ON.items()]
+                    for tag in budgets() for setup in PAIRED_WITH
+                    if any(row in REPLICATED_ON for row in SETUPS[setup])]
     comparisons += [(tag, setup, f"the same setup at {smaller}",
                      [((tag, row), (smaller, row)) for row in SETUPS[setup]])
                     for setup, tag, smaller in PAIRED_ACROSS_BUDGETS]

@@ -383,10 +383,13 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
                **{setup: "distillation recipe with CoSENT on STS (--ranking-loss 0.02), bfloat16"
                   for setup in BESIDE_RANKED},
                **{setup: STS_ENSEMBLE_SETUP for setup in BESIDE_FINAL}}
-# Setup -> the CPU it trained on, where that is not the AMD EPYCs of the rows it is compared with (PAIRED_WITH): the
-# same seed gives other bfloat16 numbers there, so it is compared as well with those rows rerun on that CPU, in
-# results/replications/<cpu>/<budget>/.
-REPLICATED_ON = {CROSSFIT_TAUGHT_SETUP: "xeon207", CROSSFIT_BOTH_SETUP: "xeon207"}
+# Row -> the CPU it trained on, where that is not the AMD EPYCs of the rows its setup is compared with (PAIRED_WITH):
+# the same seed gives other bfloat16 numbers there, so its setup is compared as well seed by seed with the rows of
+# those here, each row's seed rerun on that row's CPU, in results/replications/<cpu>/<budget>/. The Intel Xeon of
+# family 6 model 167 gives the bfloat16 numbers of model 207's (the final recipe's seed 3 at 7 x 10,000: its first
+# epoch's losses, PCGrad cosines and dev scores equal to every digit).
+REPLICATED_ON = {**{row: "xeon207" for setup in (CROSSFIT_TAUGHT_SETUP, CROSSFIT_BOTH_SETUP) for row in SETUPS[setup]},
+                 f"{next(iter(SUMMED_FINAL))}-seed3": "xeon207"}
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
 PAIRED_ACROSS_BUDGETS = [(STS_ENSEMBLE_SETUP, "5x10000", "3x10000"), (STS_ENSEMBLE_SETUP, "7x10000", "5x10000"),
                          (STS_ENSEMBLE_SETUP, "10x10000", "7x10000")]

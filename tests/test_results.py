@@ -189,7 +189,7 @@ def test_the_row_table_names_only_what_exists():
     assert all(set(members) <= names for members in rows.SETUPS.values())
     assert {*rows.PAIRED_WITH, *rows.PAIRED_WITH.values(), *(s for s, *_ in rows.PAIRED_ACROSS_BUDGETS)} <= set(
         rows.SETUPS)
-    assert set(rows.REPLICATED_ON) <= set(rows.PAIRED_WITH)
+    assert set(rows.REPLICATED_ON) <= {row for setup in rows.PAIRED_WITH for row in rows.SETUPS[setup]}
     assert all((REPO / "results" / "replications" / cpu).is_dir() for cpu in rows.REPLICATED_ON.values())
     separate = [names for models in rows.SEPARATE.values() for names in models.values()]
     assert all(set(members) <= set(rows.ROWS) for members in [*rows.SOUPS.values(), *separate])
@@ -221,14 +221,15 @@ def test_paired_differences_are_per_seed_means_and_standard_errors(monkeypatch):
 
 
 def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch, tmp_path):
-    """REPLICATED_ON: the setup's rows against its PAIRED_WITH rows rerun on its CPU, read from
-    results/replications/<cpu>/<budget>/<row>/ (best epoch by overall), beside the comparison with the rows here."""
+    """REPLICATED_ON: the setup's rows against its PAIRED_WITH rows rerun on their CPU, read from
+    results/replications/<cpu>/<budget>/<row>/ (best epoch by overall), beside the comparison with the rows here; a
+    setup with only some rows on that CPU is compared there for those seeds and here for the others."""
     reproduce = results_module("reproduce")
     monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
     monkeypatch.setattr(reproduce, "SETUPS", {"base": ["b1", "b2", "b3"], "new": ["n1", "n2", "n3"]})
     monkeypatch.setattr(reproduce, "PAIRED_WITH", {"new": "base"})
     monkeypatch.setattr(reproduce, "PAIRED_ACROSS_BUDGETS", [])
-    monkeypatch.setattr(reproduce, "REPLICATED_ON", {"new": "cpu9"})
+    monkeypatch.setattr(reproduce, "REPLICATED_ON", {"n1": "cpu9", "n2": "cpu9", "n3": "cpu9"})
     monkeypatch.setattr(reproduce, "budgets", lambda: ["2x10"])
     for name, epochs in {"b1": [0.70, 0.73], "b2": [0.75, 0.71], "b3": [0.72, 0.72]}.items():
         folder = tmp_path / "replications" / "cpu9" / "2x10" / name
@@ -252,6 +253,10 @@ def test_a_setup_on_another_cpu_is_paired_with_its_base_rerun_there(monkeypatch,
     row = rerun.split(" | ")
     assert row[:4] == ["| 2x10", "new", "base, rerun on cpu9", "3"]
     assert row[8] == "+0.010 / -0.010 / +0.030 |" and row[6] == "+0.050 ±0.000"
+    monkeypatch.setattr(reproduce, "REPLICATED_ON", {"n3": "cpu9"})  # only seed 3 trained on cpu9
+    row = reproduce.paired_table({**scores, **rerun_scores}, {**finished, **rerun_finished})[-1].split(" | ")
+    assert row[:4] == ["| 2x10", "new", "base, rerun on cpu9 (seed 3)", "3"]
+    assert row[8] == "+0.040 / +0.000 / +0.030 |"
 
 
 def test_replication_rows_train_apart_and_are_committed_for_the_summary(monkeypatch, tmp_path, capsys):
