@@ -454,7 +454,9 @@ ROW_DTYPE = ["--dtype", "float32"]
 # the same margin; it runs on the family-25 EPYC, whose bfloat16 numbers are the family-26 EPYC's.
 # It did not (+0.0004 ±0.0033; -0.0026, +0.0070, -0.0032): its default seed, the first to run, had settled it.
 # SUMMED_FINAL at 7 x 10,000 replaces the final recipe's rows here only if it beats them seed by seed by the same
-# margin; it runs on the family-26 EPYC, where the final recipe's rows ran.
+# margin; it runs on the family-26 EPYC, where the final recipe's rows ran (its seed 3 on a model-167 Xeon:
+# REPLICATED_ON). It did not (-0.0006 ±0.0004 on the CPUs its rows ran on; -0.0010, +0.0002, -0.0011): its first two
+# seeds had settled it.
 FINAL_ROW = next(iter(STS_ENSEMBLE_TAUGHT))  # the final recipe's default seed
 BEST_ROWS = [(FINAL_ROW, "7x10000"), (FINAL_ROW, "5x10000"), (FINAL_ROW, "3x10000"),
              (f"{RECIPE}-cosent0.02-bf16", "3x10000"), (RECIPE, "2x10000")]
