@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
+import platform
 import re
 import shutil
 import signal
@@ -65,6 +67,21 @@ def git_commit() -> str:
     return (commit or "unknown") + ("+dirty" if dirty.strip() else "")
 
 
+def machine_name() -> str:
+    """The CPU the rows train on, as the replication folders name it: its model name, /proc/cpuinfo family and
+    model (bfloat16 gives a seed other numbers on some other CPUs; REPLICATED_ON) and the cores this process may use."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = f", /proc/cpuinfo family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
+    return f"{name}{family}, {len(os.sched_getaffinity(0))} cores"
+
+
 def device_name() -> str:
     """The accelerator the rows train on, as JAX names it (for example 'gpu NVIDIA H200')."""
     code = ("import jax; d = jax.devices()[0]; "
@@ -85,9 +102,9 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
     """Trains one row into <root>/<budget>/<name> (`root`: results/runs, or a replication's folder in it; a soup
     row: averages its finished ingredient rows there); True when it finished.
 
-    run.json records the command, wall time, commit, device and whether the row finished: a row stopped by
-    Ctrl-C (exit code 130: a checkpoint is saved) has "finished": false, and the next call resumes it (a soup
-    starts again)."""
+    run.json records the command, wall time, commit, device, machine (`machine_name`; both, when a stopped row
+    resumes on another) and whether the row finished: a row stopped by Ctrl-C (exit code 130: a checkpoint is saved)
+    has "finished": false, and the next call resumes it (a soup starts again)."""
     samples = round(samples_per_task * SAMPLES_FRACTION.get(name, 1.0))
     budget = ["--epochs", str(epochs), "--samples-per-task", str(samples), *ROW_POOL, *ROW_DTYPE, *extra]
     runs = root / budget_tag(epochs, samples_per_task)
@@ -119,8 +136,11 @@ def run_row(name: str, epochs: int, samples_per_task: int, extra: list[str], dev
         raise RuntimeError(f"{name}: {command[2]} exited with status {returncode}" +
                            (f" (log: {run_dir / 'train.log'})" if log_to_file else ""))
     wall_time = (previous.get("wall_time_s", 0) if resumed else 0) + time.time() - start
+    machine = machine_name()
+    if resumed and previous.get("machine", machine) != machine:
+        machine = f"{previous['machine']}, then {machine}"
     info = {"argv": argv[1:], "wall_time_s": round(wall_time, 1), "commit": commit, "device": device,
-            "finished": returncode == 0}
+            "machine": machine, "finished": returncode == 0}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"{name}: {'done' if returncode == 0 else 'stopped (the next call resumes it)'} after "
           f"{wall_time / 60:.1f} min", flush=True)

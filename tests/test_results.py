@@ -72,6 +72,11 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
         assert run_json(results, name)["finished"] is False, output
     assert not (results / "README.md").exists()  # no summary of stopped rows
     assert not (results / "runs" / "2x16" / "tiny-soup").exists()  # nor a soup of them
+    here = results_module("reproduce").machine_name()
+    assert here.endswith(f" {len(os.sched_getaffinity(0))} cores")
+    moved, stayed = rows  # a row stopped on another CPU: run.json names both
+    stopped = results / "runs" / "2x16" / moved / "run.json"
+    stopped.write_text(json.dumps({**json.loads(stopped.read_text()), "machine": "CPU9, 2 cores"}))
 
     second = reproduce(results, rows, *argv)
     output = second.communicate(timeout=300)[0]
@@ -79,6 +84,7 @@ def test_rows_side_by_side_stop_resume_and_summary(tiny_encoder, small_data, tmp
     for name in rows:
         info = run_json(results, name)
         assert info["finished"] is True and info["device"] == "cpu"
+        assert info["machine"] == {moved: f"CPU9, 2 cores, then {here}", stayed: here}[name]
         assert info["argv"][:6] == ["-m", "train.main", "--epochs", "2", "--samples-per-task", "16"]
         metrics = (results / "runs" / "2x16" / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in metrics] == [0, 1]  # the stopped epoch is not repeated
