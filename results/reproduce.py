@@ -68,8 +68,8 @@ def git_commit() -> str:
 
 
 def machine_name() -> str:
-    """The CPU the rows train on, as the replication folders name it: its model name, /proc/cpuinfo family and
-    model (bfloat16 gives a seed other numbers on some other CPUs; REPLICATED_ON) and the cores this process may use."""
+    """The CPU the rows train on: its model name, /proc/cpuinfo family and model (bfloat16 gives a seed other
+    numbers on some other CPUs; REPLICATED_ON) and the cores this process may use."""
     fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -79,7 +79,8 @@ def machine_name() -> str:
         pass
     name = fields.get("model name") or platform.processor() or platform.machine()
     family = f", /proc/cpuinfo family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
-    return f"{name}{family}, {len(os.sched_getaffinity(0))} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}{family}, {cores} cores"
 
 
 def device_name() -> str:

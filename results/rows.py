@@ -384,10 +384,10 @@ PAIRED_WITH = {**{setup: "distillation recipe, bfloat16" for setup in BESIDE_REC
                   for setup in BESIDE_RANKED},
                **{setup: STS_ENSEMBLE_SETUP for setup in BESIDE_FINAL}}
 # Row -> the CPU it trained on, where that is not the AMD EPYCs of the rows its setup is compared with (PAIRED_WITH):
-# the same seed gives other bfloat16 numbers there, so its setup is compared as well seed by seed with the rows of
-# those here, each row's seed rerun on that row's CPU, in results/replications/<cpu>/<budget>/. The Intel Xeon of
-# family 6 model 167 gives the bfloat16 numbers of model 207's (the final recipe's seed 3 at 7 x 10,000: its first
-# epoch's losses, PCGrad cosines and dev scores equal to every digit).
+# the same seed gives other bfloat16 numbers there, so the setup is compared as well with those rows rerun on that
+# CPU, seed by seed (results/replications/<cpu>/<budget>/). The Intel Xeon of family 6 model 167 gives the bfloat16
+# numbers of model 207's (the final recipe's seed 3 at 7 x 10,000: its first epoch's losses, PCGrad cosines and dev
+# scores equal to every digit).
 REPLICATED_ON = {**{row: "xeon207" for setup in (CROSSFIT_TAUGHT_SETUP, CROSSFIT_BOTH_SETUP) for row in SETUPS[setup]},
                  f"{next(iter(SUMMED_FINAL))}-seed3": "xeon207"}
 # (setup, budget, smaller budget): the setup compared seed by seed with itself at the smaller budget.
