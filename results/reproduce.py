@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -47,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from results.rows import (BEST_ROWS, ENCODER_FROM, MULTITASK, PAIRED_ACROSS_BUDGETS,  # noqa: E402
                           PAIRED_WITH, REPLICATED_ON, ROW_DTYPE, ROW_POOL, ROWS, SAMPLES_FRACTION, SEPARATE,
                           SETUPS, SOUPS, TEACHER_FILES)
+from bench.common import cpu_name, num_cores  # noqa: E402
 from train.metrics import predictions_dir  # noqa: E402
 
 RUNNING: set[subprocess.Popen] = set()  # the rows' training processes now running
@@ -68,8 +67,8 @@ def git_commit() -> str:
 
 
 def machine_name() -> str:
-    """The CPU the rows train on: its model name, /proc/cpuinfo family and model (bfloat16 gives a seed other
-    numbers on some other CPUs; REPLICATED_ON) and the cores this process may use."""
+    """The CPU the rows train on: the benchmarks' CPU name, its /proc/cpuinfo family and model (bfloat16 gives a
+    seed other numbers on some other CPUs; REPLICATED_ON) and the cores this process may use."""
     fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,10 +76,8 @@ def machine_name() -> str:
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
     family = f", /proc/cpuinfo family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}{family}, {cores} cores"
+    return f"{cpu_name()}{family}, {num_cores()} cores"
 
 
 def device_name() -> str:
